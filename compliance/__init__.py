@@ -1,0 +1,1 @@
+"""The compliance and fraud gate run before every auction (TCPA, DNC, consent, STIR/SHAKEN)."""

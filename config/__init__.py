@@ -1,0 +1,1 @@
+"""Settings and the declarative config file (SPEC.md "Settings")."""

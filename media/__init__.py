@@ -1,0 +1,1 @@
+"""Anchored media: SDP rewriting, port allocation and the RTP/RTCP relay."""

@@ -1,0 +1,416 @@
+"""SIP messages: parsing and serialisation (RFC 3261 §7, §20, §25).
+
+Theory of operation
+-------------------
+:func:`parse_message` turns one datagram (or one framed stream message, see ``framing.py``)
+into a :class:`SipRequest` or :class:`SipResponse`. Header names are case-insensitive and the
+compact forms of §7.3.3 (``v``, ``i``, ``f`` ...) are expanded; folded lines (§7.3.1) are
+joined. Headers keep their order and repeats. Values are parsed lazily: the few fields the
+transaction and dialog layers read on every message (top Via, Call-ID, CSeq, tags) are parsed
+once and cached. A body longer than Content-Length is cut to it (§18.3); a shorter one is an
+error. Anything a peer got wrong raises :class:`SipParseError` whose ``status`` the edge answers
+with (requests) or which is logged and dropped (responses).
+
+Serialisation always recomputes Content-Length. Header names go out in their canonical
+spelling (``Call-ID``, ``CSeq``, ``WWW-Authenticate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from switch.errors import MessageTooLarge, SipParseError
+from switch.uri import NameAddr, SipUri, Via, split_unquoted
+
+MAX_DATAGRAM = 65536
+
+COMPACT = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+_CANONICAL = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+    "p-asserted-identity": "P-Asserted-Identity",
+}
+# Headers whose comma-separated values are separate entries (§7.3.1). Others (Authorization,
+# WWW-Authenticate, Date ...) contain commas inside one value.
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "content-encoding",
+        "in-reply-to",
+        "p-asserted-identity",
+    }
+)
+REQUIRED_REQUEST = ("via", "to", "from", "call-id", "cseq")
+
+
+def canonical_name(key: str) -> str:
+    """``call-id`` -> ``Call-ID``; ``x-foo-bar`` -> ``X-Foo-Bar``."""
+    name = _CANONICAL.get(key)
+    if name is None:
+        name = "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
+        _CANONICAL[key] = name
+    return name
+
+
+def header_key(name: str) -> str:
+    """The lookup key of a header name: lower case, compact form expanded."""
+    key = name.strip().lower()
+    return COMPACT.get(key, key)
+
+
+class Headers:
+    """Ordered SIP headers with case-insensitive lookup; repeats are kept in order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(header_key(k), v) for k, v in items]
+
+    def get(self, name: str) -> str | None:
+        """The first value of ``name`` (for list headers: the first whole line)."""
+        key = header_key(name)
+        for k, v in self._items:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line of ``name``, in order."""
+        key = header_key(name)
+        return [v for k, v in self._items if k == key]
+
+    def get_list(self, name: str) -> list[str]:
+        """Every element of a list header, split at commas outside quotes and ``<>``."""
+        out: list[str] = []
+        for line in self.get_all(name):
+            out.extend(p.strip() for p in split_unquoted(line, ",") if p.strip())
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` with one value, kept where the first one stood."""
+        key = header_key(name)
+        for i, (k, _) in enumerate(self._items):
+            if k == key:
+                self._items[i] = (key, value)
+                self._items[i + 1 :] = [kv for kv in self._items[i + 1 :] if kv[0] != key]
+                return
+        self._items.append((key, value))
+
+    def add(self, name: str, value: str, *, first: bool = False) -> None:
+        key = header_key(name)
+        if first:
+            self._items.insert(0, (key, value))
+        else:
+            self._items.append((key, value))
+
+    def remove(self, name: str) -> None:
+        key = header_key(name)
+        self._items = [kv for kv in self._items if kv[0] != key]
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first element of a list header (e.g. the top Via)."""
+        key = header_key(name)
+        for i, (k, v) in enumerate(self._items):
+            if k == key:
+                parts = split_unquoted(v, ",")
+                if len(parts) > 1:
+                    self._items[i] = (k, ",".join(parts[1:]).strip())
+                else:
+                    del self._items[i]
+                return parts[0].strip()
+        return None
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def copy(self) -> Headers:
+        h = Headers()
+        h._items = list(self._items)
+        return h
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Message:
+    __slots__ = ("_cseq", "_from", "_to", "_via", "body", "headers")
+
+    def __init__(self, headers: Headers, body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+        self._via: Via | None = None
+        self._cseq: tuple[int, str] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+
+    # Cached views of the headers every layer reads. They raise SipParseError when broken.
+    @property
+    def via(self) -> Via:
+        """The top Via."""
+        if self._via is None:
+            line = self.headers.get("via")
+            if line is None:
+                raise SipParseError("Missing Via header")
+            self._via = Via.parse(split_unquoted(line, ",")[0])
+        return self._via
+
+    @property
+    def call_id(self) -> str:
+        value = self.headers.get("call-id")
+        if not value:
+            raise SipParseError("Missing Call-ID header")
+        return value
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        if self._cseq is None:
+            value = self.headers.get("cseq")
+            if value is None:
+                raise SipParseError("Missing CSeq header")
+            num, _, method = value.strip().partition(" ")
+            method = method.strip()
+            if not num.isdigit() or len(num) > 10 or int(num) >= 2**31 or not method:
+                raise SipParseError(f"Malformed CSeq {value[:40]!r}")
+            self._cseq = (int(num), method.upper())
+        return self._cseq
+
+    @property
+    def from_(self) -> NameAddr:
+        if self._from is None:
+            value = self.headers.get("from")
+            if value is None:
+                raise SipParseError("Missing From header")
+            self._from = NameAddr.parse(value)
+        return self._from
+
+    @property
+    def to(self) -> NameAddr:
+        if self._to is None:
+            value = self.headers.get("to")
+            if value is None:
+                raise SipParseError("Missing To header")
+            self._to = NameAddr.parse(value)
+        return self._to
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_.tag
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to.tag
+
+    def invalidate(self) -> None:
+        """Drop cached views after editing headers."""
+        self._via = None
+        self._cseq = None
+        self._from = None
+        self._to = None
+
+    def _serialize(self, start_line: str) -> bytes:
+        parts = [start_line]
+        for key, value in self.headers.items():
+            if key != "content-length":
+                parts.append(f"{canonical_name(key)}: {value}")
+        parts.append(f"Content-Length: {len(self.body)}")
+        parts.append("")
+        parts.append("")
+        return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
+
+
+class SipRequest(_Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self, method: str, uri: str, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(headers if headers is not None else Headers(), body)
+        self.method = method
+        self.uri = uri
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"{self.method} {self.uri} SIP/2.0")
+
+    def __repr__(self) -> str:
+        return f"<SipRequest {self.method} {self.uri}>"
+
+
+class SipResponse(_Message):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(headers if headers is not None else Headers(), body)
+        self.status = status
+        self.reason = reason
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"SIP/2.0 {self.status} {self.reason}")
+
+    def __repr__(self) -> str:
+        return f"<SipResponse {self.status} {self.reason}>"
+
+
+SipMessage = SipRequest | SipResponse
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end], data[end + 4 :]
+    end = data.find(b"\n\n")  # bare-LF senders (tolerated, RFC 4475 §3.1.1.x spirit)
+    if end >= 0:
+        return data[:end], data[end + 2 :]
+    raise SipParseError("Truncated message: no blank line after the headers")
+
+
+def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
+    """Parse one SIP message. Raises SipParseError (``status`` 400 or 513) on bad input."""
+    if len(data) > max_size:
+        raise MessageTooLarge(f"Message of {len(data)} bytes exceeds {max_size}")
+    # Leading CRLFs before a message are allowed and ignored (§7.5).
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipParseError("Empty message")
+    head, body = _split_head(data)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # §25: headers are UTF-8; keep going byte-transparently so a bad display name is
+        # relayed rather than answered 400.
+        text = head.decode("utf-8", "surrogateescape")
+    lines = text.replace("\r\n", "\n").split("\n")
+    start = lines[0]
+    items: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if not items:
+                raise SipParseError("Header continuation before any header")
+            key, value = items[-1]
+            items[-1] = (key, value + " " + line.strip())
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise SipParseError(f"Malformed header line {line[:60]!r}")
+        name = name.strip()
+        if not name or " " in name or "\t" in name:
+            raise SipParseError(f"Malformed header name {name[:40]!r}")
+        items.append((header_key(name), value.strip()))
+    headers = Headers()
+    headers._items = items
+
+    clen_text = headers.get("content-length")
+    if clen_text is not None:
+        clen_text = clen_text.strip()
+        if not clen_text.isdigit():
+            raise SipParseError(f"Malformed Content-Length {clen_text[:20]!r}")
+        clen = int(clen_text)
+        if clen > len(body):
+            raise SipParseError(
+                f"Content-Length {clen} exceeds the {len(body)} body bytes received"
+            )
+        body = body[:clen]
+
+    msg: SipMessage
+    if start.startswith("SIP/"):
+        proto, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if proto != "SIP/2.0":
+            raise SipParseError(f"Unsupported protocol {proto[:20]!r}", 505)
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipParseError(f"Malformed status code {code[:10]!r}")
+        msg = SipResponse(int(code), reason.strip(), headers, body)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise SipParseError(f"Malformed request line {start[:80]!r}")
+        method, uri, proto = parts
+        if proto != "SIP/2.0":
+            if proto.upper().startswith("SIP/"):
+                raise SipParseError(f"Unsupported SIP version {proto[:20]!r}", 505)
+            raise SipParseError(f"Malformed request line {start[:80]!r}")
+        if not method.isalpha() or not method.isupper():
+            raise SipParseError(f"Malformed method {method[:20]!r}")
+        msg = SipRequest(method, uri, headers, body)
+        for key in REQUIRED_REQUEST:
+            if headers.get(key) is None:
+                raise SipParseError(f"Missing {canonical_name(key)} header")
+        cseq_method = msg.cseq[1]
+        if cseq_method != method:
+            raise SipParseError(f"CSeq method {cseq_method} does not match {method}")
+        msg.via  # noqa: B018 - validates the top Via now, so a bad one gets 400 up front
+        try:
+            SipUri.parse(uri)
+        except SipParseError as exc:
+            raise SipParseError(f"Malformed Request-URI: {exc.reason}") from exc
+    return msg
+
+
+def make_response(
+    req: SipRequest,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> SipResponse:
+    """A response to ``req`` per §8.2.6.2: Via, From, Call-ID, CSeq copied; To gets ``to_tag``."""
+    h = Headers()
+    for key, value in req.headers.items():
+        if key == "via":
+            h._items.append((key, value))
+    h._items.append(("from", req.headers.get("from") or ""))
+    to = req.headers.get("to") or ""
+    if to_tag is not None and req.to_tag is None:
+        to = f"{to};tag={to_tag}"
+    h._items.append(("to", to))
+    h._items.append(("call-id", req.call_id))
+    h._items.append(("cseq", req.headers.get("cseq") or ""))
+    for name, value in headers:
+        h.add(name, value)
+    return SipResponse(status, reason, h, body)

@@ -1,0 +1,240 @@
+"""SIP URIs, name-addr values and Via headers (RFC 3261 §19.1, §20.10, §20.42, §25.1).
+
+Parameter names are compared case-insensitively and so are the values of ``transport``,
+``user``, ``method``, ``ttl`` and ``maddr`` (§19.1.4): SIPp writes ``transport=UDP``.
+User parts are %-unescaped (§19.1.2) when read as a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from switch.errors import SipParseError
+
+# Parameters whose values are case-insensitive tokens (§19.1.4).
+_CI_VALUES = frozenset({"transport", "user", "method", "maddr", "ttl", "lr"})
+
+
+def split_params(text: str) -> dict[str, str]:
+    """``;a=1;B;c="x;y"`` -> {"a": "1", "b": "", "c": "x;y"} with lower-case names."""
+    out: dict[str, str] = {}
+    for part in split_unquoted(text, ";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip().lower()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = unquote_string(value)
+        elif name in _CI_VALUES:
+            value = value.lower()
+        out[name] = value
+    return out
+
+
+def unquote_string(value: str) -> str:
+    """A quoted-string without its quotes, with quoted-pairs resolved (§25.1)."""
+    inner = value[1:-1]
+    if "\\" not in inner:
+        return inner
+    out = []
+    i = 0
+    while i < len(inner):
+        ch = inner[i]
+        if ch == "\\" and i + 1 < len(inner):
+            i += 1
+            ch = inner[i]
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def split_unquoted(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside quoted strings and ``<...>`` (header lists, parameters)."""
+    if '"' not in text and "<" not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+@dataclass(slots=True)
+class SipUri:
+    """A parsed ``sip:``/``sips:`` (or ``tel:``) URI. ``str()`` gives it back canonically."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    headers: str = ""
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SipUri:
+        text = text.strip()
+        scheme, sep, rest = text.partition(":")
+        scheme = scheme.lower()
+        if not sep or scheme not in ("sip", "sips", "tel"):
+            raise SipParseError(f"unsupported URI scheme in {text[:80]!r}")
+        if scheme == "tel":
+            number, _, params = rest.partition(";")
+            return cls("tel", number, "", None, split_params(params))
+        rest, _, headers = rest.partition("?")
+        user: str | None = None
+        password: str | None = None
+        if "@" in rest:
+            userinfo, _, rest = rest.rpartition("@")
+            user, _, pw = userinfo.partition(":")
+            password = pw or None
+        hostport, _, params = rest.partition(";")
+        host, port = _split_hostport(hostport, text)
+        return cls(scheme, user, host, port, split_params(params), headers, password)
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return unquote(self.user) if self.user is not None else None
+
+    @property
+    def transport(self) -> str:
+        """The ``transport`` parameter, lower case; ``udp`` when absent (§18)."""
+        return self.params.get("transport", "tcp" if self.scheme == "sips" else "udp")
+
+    def __str__(self) -> str:
+        if self.scheme == "tel":
+            out = f"tel:{self.user}"
+        else:
+            out = f"{self.scheme}:"
+            if self.user is not None:
+                out += self.user
+                if self.password is not None:
+                    out += ":" + self.password
+                out += "@"
+            out += f"[{self.host}]" if ":" in self.host else self.host
+            if self.port is not None:
+                out += f":{self.port}"
+        for name, value in self.params.items():
+            out += f";{name}={value}" if value else f";{name}"
+        if self.headers:
+            out += "?" + self.headers
+        return out
+
+
+def _split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
+    hostport = hostport.strip()
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise SipParseError(f"unterminated IPv6 reference in {context[:80]!r}")
+        host = hostport[1:end]
+        rest = hostport[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.partition(":")
+    if not host:
+        raise SipParseError(f"missing host in {context[:80]!r}")
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            raise SipParseError(f"bad port {port_text[:10]!r} in {context[:80]!r}")
+        return host.lower(), int(port_text)
+    return host.lower(), None
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """``"Alice" <sip:a@h>;tag=x`` (or an addr-spec ``sip:a@h;tag=x``) per §20.10/§20.20."""
+
+    display: str | None
+    uri: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: str) -> NameAddr:
+        value = value.strip()
+        lt = value.find("<")
+        if lt >= 0:
+            gt = value.find(">", lt)
+            if gt < 0:
+                raise SipParseError(f"unterminated '<' in {value[:80]!r}")
+            display = value[:lt].strip() or None
+            if display and display.startswith('"') and display.endswith('"') and len(display) > 1:
+                display = unquote_string(display)
+            return cls(display, value[lt + 1 : gt].strip(), split_params(value[gt + 1 :]))
+        # addr-spec form: parameters after the URI belong to the header, not the URI (§20.10).
+        uri, _, params = value.partition(";")
+        if not uri:
+            raise SipParseError("empty address")
+        return cls(None, uri.strip(), split_params(params))
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def parsed_uri(self) -> SipUri:
+        return SipUri.parse(self.uri)
+
+    def __str__(self) -> str:
+        out = f"<{self.uri}>"
+        if self.display:
+            escaped = self.display.replace("\\", "\\\\").replace('"', '\\"')
+            out = f'"{escaped}" {out}'
+        for name, value in self.params.items():
+            out += f";{name}={value}" if value else f";{name}"
+        return out
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via value: ``SIP/2.0/UDP host:port;branch=z9hG4bK...;rport`` (§20.42, RFC 3581)."""
+
+    transport: str  # upper case: UDP, TCP, WS, WSS, TLS
+    host: str
+    port: int | None
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: str) -> Via:
+        proto, _, rest = value.strip().partition(" ")
+        pieces = [p.strip() for p in proto.split("/")]
+        if len(pieces) != 3 or pieces[0].upper() != "SIP" or pieces[1] != "2.0":
+            raise SipParseError(f"malformed Via protocol {proto[:40]!r}")
+        sent_by, _, params = rest.strip().partition(";")
+        host, port = _split_hostport(sent_by, value)
+        return cls(pieces[2].upper(), host, port, split_params(params))
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        out = f"SIP/2.0/{self.transport} {host}"
+        if self.port is not None:
+            out += f":{self.port}"
+        for name, value in self.params.items():
+            out += f";{name}={value}" if value else f";{name}"
+        return out
