@@ -1,0 +1,87 @@
+"""SIP dialogs as the B2BUA keeps them, one per leg (RFC 3261 §12).
+
+A dialog is identified by Call-ID plus the local and remote tags. The switch builds in-dialog
+requests (ACK for 2xx, BYE, relayed re-INVITE/UPDATE/INFO) from it: Request-URI is the remote
+target (the peer's Contact), Route is the route set, CSeq grows by one per new request
+(§12.2.1.1); ACK and CANCEL reuse the CSeq number of the request they belong to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from switch.message import Headers, SipRequest, SipResponse
+from switch.peer import Peer
+from switch.uri import NameAddr
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str | None
+    local_uri: str  # our From/To header value (name-addr without tag)
+    remote_uri: str
+    local_seq: int
+    remote_seq: int | None
+    remote_target: str  # Request-URI for requests we send
+    route_set: list[str] = field(default_factory=list)
+    peer: Peer | None = None  # where in-dialog requests go (the flow, for callers)
+    contact: str = ""  # our Contact header value for this leg
+    confirmed: bool = False
+
+    def next_seq(self) -> int:
+        self.local_seq += 1
+        return self.local_seq
+
+    def request(
+        self,
+        method: str,
+        branch: str,
+        via_host: str,
+        via_port: int,
+        *,
+        seq: int | None = None,
+        body: bytes = b"",
+        extra: list[tuple[str, str]] | None = None,
+    ) -> SipRequest:
+        """An in-dialog request per §12.2.1.1 with our Via on top."""
+        cseq = self.next_seq() if seq is None else seq
+        transport = self.peer.via_transport if self.peer is not None else "UDP"
+        h = Headers()
+        h.add("via", f"SIP/2.0/{transport} {via_host}:{via_port};branch={branch};rport")
+        h.add("max-forwards", "70")
+        for route in self.route_set:
+            h.add("route", route)
+        h.add("from", f"{self.local_uri};tag={self.local_tag}")
+        to = (
+            self.remote_uri
+            if self.remote_tag is None
+            else f"{self.remote_uri};tag={self.remote_tag}"
+        )
+        h.add("to", to)
+        h.add("call-id", self.call_id)
+        h.add("cseq", f"{cseq} {method}")
+        if self.contact and method not in ("BYE", "ACK", "CANCEL"):
+            h.add("contact", self.contact)
+        for name, value in extra or ():
+            h.add(name, value)
+        return SipRequest(method, self.remote_target, h, body)
+
+
+def strip_tag(value: str) -> str:
+    """A From/To value without its tag parameter (the dialog's URI part)."""
+    na = NameAddr.parse(value)
+    na.params.pop("tag", None)
+    return str(na)
+
+
+def target_from(msg: SipRequest | SipResponse, fallback: str) -> str:
+    """The remote target: the URI of the first Contact, else ``fallback`` (§12.1.1/§12.1.2)."""
+    contact = msg.headers.get_list("contact")
+    if contact:
+        try:
+            return NameAddr.parse(contact[0]).uri
+        except Exception:
+            return fallback
+    return fallback

@@ -1,0 +1,318 @@
+"""Wiring: the sans-IO core, its transports, the database, the exchange and the HTTP side.
+
+``Switch.start()`` opens the database (embedded or DCE_DATABASE_URL), applies migrations, loads
+the config file's trunks/campaigns/buyers, then listens for SIP (UDP and TCP) and HTTP.
+``transmit()`` is the one place that moves the core's output to sockets and effects to tasks,
+and re-arms the single core timer (aioquic style). ``stop()`` drains: no new calls, BYE for
+live ones, CDRs flushed, the embedded database stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from config.settings import Settings
+from exchange.cdr import Cdr
+from exchange.models import ExchangeConfig
+from exchange.routing import Router
+from switch.admission import Admission, Admitted, Challenge
+from switch.auth import DigestAuthenticator
+from switch.core import AdmitResult, CoreConfig, SwitchCore
+from switch.effects import RouteCall, RouteOutcome, WriteCdr
+from switch.message import SipRequest
+from switch.peer import Peer
+from switch.timers import TimerConfig
+from switch.transport import TcpHub, UdpTransport
+
+logger = logging.getLogger(__name__)
+
+REALM = "dce"
+
+
+class TrunkAdmitter:
+    """Adapts switch/admission.py to the core: source IP/CIDR first, then digest."""
+
+    def __init__(self, config: ExchangeConfig, secret: bytes) -> None:
+        self.auth = DigestAuthenticator(REALM, secret)
+        self.admission: Admission[Any] = Admission(config.trunks)
+
+    def update(self, config: ExchangeConfig) -> None:
+        self.admission = Admission(config.trunks)
+
+    def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
+        result = self.admission.admit(
+            peer.host,
+            req.headers.get("authorization") or req.headers.get("proxy-authorization"),
+            req.method,
+            now,
+            self.auth,
+        )
+        if isinstance(result, Admitted):
+            return AdmitResult(trunk_id=result.trunk.id)
+        if isinstance(result, Challenge):
+            return AdmitResult(trunk_id=None, challenge=list(result.headers))
+        return AdmitResult(trunk_id=None, reason=result.reason.replace(" ", "_"))
+
+
+class Switch:
+    def __init__(self, settings: Settings, config: ExchangeConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.rng = random.Random(secrets.randbits(128))
+        self.started = False
+        self.db_kind = "none"
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.udp: UdpTransport | None = None
+        self.tcp: TcpHub | None = None
+        self._servers: list[Any] = []
+        self._runner: web.AppRunner | None = None
+        self.embedded: Any = None
+        self.store: Any = None
+        self.cdr_writer: Any = None
+        self.router: Router | None = None
+        self.admin_token = ""
+        self.admitter = TrunkAdmitter(config, secrets.token_bytes(32))
+        host, port = settings.sip_listen
+        self.core = SwitchCore(
+            CoreConfig(
+                host=host,
+                port=port,
+                ring_timeout=settings.ring_timeout,
+                max_calls=settings.max_calls,
+                timers=TimerConfig(t1=settings.sip_t1),
+            ),
+            self.admitter,
+            wall=lambda: datetime.now(UTC),
+            rng=self.rng,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._open_database()
+        self.router = self._build_router()
+        self.admin_token = self._admin_token()
+        host, port = s.sip_listen
+        udp_transport, self.udp = await self.loop.create_datagram_endpoint(
+            lambda: UdpTransport(self._feed, self.transmit), local_addr=(host, port)
+        )
+        self.tcp = TcpHub(self.loop, self._feed, self.transmit)
+        tcp_server = await self.loop.create_server(self.tcp.factory, host, port, reuse_address=True)
+        self._servers = [udp_transport, tcp_server]
+        await self._start_http()
+        self.started = True
+        print(f"SIP  udp {host}:{port}", flush=True)
+        print(f"SIP  tcp {host}:{port}", flush=True)
+        print(f"HTTP http://{s.http_listen[0]}:{s.http_listen[1]} (/healthz, /metrics)", flush=True)
+        print(
+            f"RTP  {s.media_ip} ports {s.rtp_ports[0]}-{s.rtp_ports[1]} ({s.media_mode})",
+            flush=True,
+        )
+        print(f"DB   {self.db_kind}", flush=True)
+
+    async def stop(self) -> None:
+        """Drain: refuse new calls, BYE live ones, flush CDRs, close the database."""
+        self.core.drain(self.loop.time())
+        self.transmit()
+        deadline = self.loop.time() + 3.0
+        while self.core.live_calls and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        for server in self._servers:
+            server.close()
+        if self.tcp is not None:
+            self.tcp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        if self.cdr_writer is not None:
+            await self.cdr_writer.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    async def _open_database(self) -> None:
+        from exchange.cdr_writer import CdrWriter
+        from exchange.store import Store
+
+        dsn = self.settings.database_url
+        if dsn is None:
+            from exchange.pgembed import EmbeddedPostgres
+
+            self.embedded = EmbeddedPostgres(self.settings.data_dir)
+            dsn = await self.embedded.start()
+            self.db_kind = f"embedded PostgreSQL in {self.settings.data_dir / 'pg'}"
+        else:
+            self.db_kind = "external PostgreSQL " + _redact(dsn)
+        self.store = Store()
+        await self.store.connect(dsn)
+        await self.store.migrate()
+        await self.store.ensure_partitions(datetime.now(UTC))
+        await self.store.load_config(self.config)
+        self.config = await self.store.load_exchange()
+        self.admitter.update(self.config)
+        self.cdr_writer = CdrWriter(self.store, self.settings.data_dir / "spool")
+        await self.cdr_writer.start()
+
+    def _build_router(self) -> Router:
+        from exchange.engine import Exchange
+
+        return Exchange.from_settings(
+            self.config,
+            redis_url=self.settings.redis_url,
+            auction_timeout=self.settings.auction_timeout,
+        )
+
+    def _admin_token(self) -> str:
+        if self.settings.admin_token:
+            return self.settings.admin_token
+        path = self.settings.data_dir / "admin_token"
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        print(f"Admin token (kept in {path}): {token}", flush=True)
+        return token
+
+    # ------------------------------------------------------------------ SIP pump
+
+    def _feed(self, data: bytes, peer: Peer) -> None:
+        self.core.receive_datagram(data, peer, self.loop.time())
+
+    def transmit(self) -> None:
+        """Send what the core produced, start its effects, re-arm its one timer."""
+        core = self.core
+        for data, peer in core.datagrams_to_send():
+            if peer.transport == "udp":
+                assert self.udp is not None
+                self.udp.send(data, peer.host, peer.port)
+            elif peer.transport == "tcp" and self.tcp is not None:
+                self.tcp.send(data, peer)
+            else:
+                logger.warning("no transport for peer", extra={"peer": str(peer)})
+        while (effect := core.next_effect()) is not None:
+            if isinstance(effect, RouteCall):
+                self._spawn(self._route(effect))
+            elif isinstance(effect, WriteCdr):
+                self._write_cdr(effect)
+        when = core.get_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self.transmit()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route(self, effect: RouteCall) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            assert self.router is not None
+            decision = await self.router.route(effect.facts)
+            elapsed_us = (time.perf_counter_ns() - t0) // 1000
+            extra: dict[str, Any] = {
+                "campaign_id": decision.campaign_id,
+                "decision_us": decision.decision_us or elapsed_us,
+            }
+            if decision.record is not None:
+                extra["auction"] = decision.record
+            if decision.targets:
+                outcome = RouteOutcome(targets=decision.targets, cdr=extra)
+            else:
+                outcome = RouteOutcome(
+                    reject_status=480,
+                    reject_reason="Temporarily Unavailable",
+                    rule=decision.reason or "no_buyer",
+                    disposition="no_buyer",
+                    cdr=extra,
+                )
+        except Exception:
+            logger.exception("routing failed", extra={"call_id": effect.call_id})
+            outcome = RouteOutcome(
+                reject_status=500,
+                reject_reason="Server Internal Error",
+                rule="routing_error",
+                disposition="failed",
+            )
+        self.core.route_done(effect.call_id, outcome, self.loop.time())
+        self.transmit()
+
+    def _write_cdr(self, effect: WriteCdr) -> None:
+        cdr: Cdr = effect.cdr
+        try:
+            if self.router is not None:
+                s = self.router.settle(
+                    effect.facts, effect.target, effect.answered, cdr.duration_ms
+                )
+                cdr.bid, cdr.price, cdr.payout, cdr.billable = s.bid, s.price, s.payout, s.billable
+        except Exception:
+            logger.exception("settlement failed", extra={"call_id": cdr.call_id})
+        if self.cdr_writer is not None:
+            self.cdr_writer.submit(cdr)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _start_http(self) -> None:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = self.settings.http_listen
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = {
+            "status": "ok" if self.started else "starting",
+            "live_calls": self.core.live_calls,
+            "database": self.db_kind,
+        }
+        return web.json_response(body)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from switch.metrics import render
+
+        return web.Response(body=render(self), content_type="text/plain", charset="utf-8")
+
+
+def _redact(dsn: str) -> str:
+    """A DSN without its password, for the startup line."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}"
+
+
+def data_dir_of(settings: Settings) -> Path:
+    return settings.data_dir

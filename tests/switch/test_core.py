@@ -1,0 +1,395 @@
+"""Whole calls through the sans-IO switch core: bytes in, bytes and effects out, fake time."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from exchange.cdr import Disposition, HangupSide
+from exchange.routing import Target
+from switch.core import AdmitResult, CoreConfig, SwitchCore
+from switch.effects import RouteCall, RouteOutcome, WriteCdr
+from switch.message import SipRequest, SipResponse, make_response, parse_message
+from switch.peer import Peer
+from switch.timers import TimerConfig
+
+A = Peer("udp", "127.0.0.1", 5080)
+B1 = Peer("udp", "127.0.0.1", 5070)
+B2 = Peer("udp", "127.0.0.1", 5071)
+TARGETS = [
+    Target(buyer_id="b1", endpoint_id="e1", uri="sip:buyer@127.0.0.1:5070"),
+    Target(buyer_id="b2", endpoint_id="e2", uri="sip:buyer@127.0.0.1:5071"),
+]
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+)
+
+
+class Admit:
+    def __init__(self, allow: bool = True) -> None:
+        self.allow = allow
+
+    def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
+        if self.allow:
+            return AdmitResult(trunk_id="t1")
+        return AdmitResult(trunk_id=None, reason="unknown_source")
+
+
+class Harness:
+    def __init__(self, *, ring_timeout: float = 30.0, max_calls: int = 100, allow: bool = True):
+        self.now = 0.0
+        self.core = SwitchCore(
+            CoreConfig(
+                host="127.0.0.1",
+                port=5060,
+                ring_timeout=ring_timeout,
+                max_calls=max_calls,
+                timers=TimerConfig(),
+            ),
+            Admit(allow),
+            wall=lambda: datetime(2026, 11, 23, 15, 0, tzinfo=UTC),
+            rng=random.Random(7),
+        )
+        self.sent: dict[Peer, list[SipRequest | SipResponse]] = {}
+        self.effects: list[object] = []
+
+    def feed(self, peer: Peer, msg: SipRequest | SipResponse | bytes) -> None:
+        data = msg if isinstance(msg, bytes) else msg.to_bytes()
+        self.core.receive_datagram(data, peer, self.now)
+        self.pump()
+
+    def pump(self) -> None:
+        for data, peer in self.core.datagrams_to_send():
+            self.sent.setdefault(Peer(peer.transport, peer.host, peer.port), []).append(
+                parse_message(data)
+            )
+        while (e := self.core.next_effect()) is not None:
+            self.effects.append(e)
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while (t := self.core.get_timer()) is not None and t <= end:
+            self.now = max(self.now, t)
+            self.core.handle_timer(self.now)
+            self.pump()
+        self.now = end
+
+    def take(self, peer: Peer) -> list[SipRequest | SipResponse]:
+        return self.sent.pop(peer, [])
+
+    def route(self, outcome: RouteOutcome) -> None:
+        route = next(e for e in self.effects if isinstance(e, RouteCall))
+        self.effects.remove(route)
+        self.core.route_done(route.call_id, outcome, self.now)
+        self.pump()
+
+    def cdrs(self) -> list[WriteCdr]:
+        return [e for e in self.effects if isinstance(e, WriteCdr)]
+
+
+def invite(call_id: str = "a1@x", branch: str = "z9hG4bKa1", mf: int = 70) -> bytes:
+    return (
+        f"INVITE sip:+18005550100@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5080;branch={branch};rport\r\n"
+        f"Max-Forwards: {mf}\r\nFrom: <sip:2125551234@127.0.0.1:5080>;tag=ft\r\n"
+        f"To: <sip:+18005550100@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:caller@127.0.0.1:5080>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(SDP)}\r\n\r\n"
+    ).encode() + SDP
+
+
+def in_dialog(method: str, resp_to: SipResponse, seq: int, branch: str, ruri: str) -> bytes:
+    """A request from the caller inside the dialog established by ``resp_to``."""
+    return (
+        f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={branch}\r\n"
+        f"Max-Forwards: 70\r\nFrom: {resp_to.headers.get('from')}\r\nTo: {resp_to.headers.get('to')}\r\n"
+        f"Call-ID: {resp_to.call_id}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer(h: Harness, peer: Peer, req: SipRequest, status: int, tag: str = "bt") -> SipResponse:
+    resp = make_response(
+        req,
+        status,
+        "X",
+        to_tag=tag,
+        headers=[("contact", f"<sip:buyer@{peer.host}:{peer.port}>")],
+        body=SDP if status == 200 else b"",
+    )
+    if status == 200:
+        resp.headers.add("content-type", "application/sdp")
+    h.feed(peer, resp)
+    return resp
+
+
+def start_call(h: Harness, targets: list[Target] = TARGETS) -> SipRequest:
+    h.feed(A, invite())
+    assert [m.status for m in h.take(A) if isinstance(m, SipResponse)] == [100]
+    h.route(RouteOutcome(targets=targets))
+    b_inv = h.take(B1)
+    assert len(b_inv) == 1 and isinstance(b_inv[0], SipRequest)
+    return b_inv[0]
+
+
+def test_normal_call_caller_hangs_up() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    assert b_inv.method == "INVITE"
+    assert b_inv.call_id != "a1@x"  # a new dialog with the switch's own Call-ID
+    assert b_inv.from_tag != "ft"
+    assert b_inv.body == SDP
+    assert b_inv.headers.get("max-forwards") == "69"
+    answer(h, B1, b_inv, 180)
+    ringing = h.take(A)
+    assert [m.status for m in ringing] == [180]  # type: ignore[union-attr]
+    a_tag = ringing[0].to_tag
+    ok = answer(h, B1, b_inv, 200)
+    a_ok = h.take(A)
+    assert [m.status for m in a_ok] == [200]  # type: ignore[union-attr]
+    assert a_ok[0].to_tag == a_tag and a_ok[0].body == SDP
+    assert "dce@127.0.0.1:5060" in (a_ok[0].headers.get("contact") or "")
+    assert h.take(B1) == []  # B's ACK waits for A's ACK (end to end)
+    a_resp = a_ok[0]
+    assert isinstance(a_resp, SipResponse)
+    h.feed(A, in_dialog("ACK", a_resp, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    b_ack = h.take(B1)
+    assert [m.method for m in b_ack] == ["ACK"]  # type: ignore[union-attr]
+    assert b_ack[0].uri == "sip:buyer@127.0.0.1:5070"  # the 2xx Contact (§13.2.2.4)
+    assert b_ack[0].to_tag == ok.to_tag
+    h.advance(5)
+    h.feed(A, in_dialog("BYE", a_resp, 2, "z9hG4bKbye", "sip:dce@127.0.0.1:5060"))
+    assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]
+    b_bye = h.take(B1)
+    assert [m.method for m in b_bye] == ["BYE"]  # type: ignore[union-attr]
+    assert isinstance(b_bye[0], SipRequest)
+    h.feed(B1, make_response(b_bye[0], 200, "OK"))
+    (w,) = h.cdrs()
+    assert w.cdr.disposition is Disposition.ANSWERED
+    assert w.cdr.hangup_side is HangupSide.CALLER
+    assert w.cdr.sip_status == 200
+    assert w.cdr.duration_ms == 5000
+    assert w.cdr.attempts == 1
+    assert w.cdr.b_call_id == b_inv.call_id
+    assert w.answered
+    h.advance(40)
+    assert h.core.live_calls == 0
+    assert len(h.core.layer) == 0
+
+
+def test_buyer_hangs_up_first() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    ok = answer(h, B1, b_inv, 200)
+    (a_ok,) = h.take(A)
+    assert isinstance(a_ok, SipResponse)
+    h.feed(A, in_dialog("ACK", a_ok, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    h.take(B1)
+    bye = (
+        f"BYE sip:dce@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKbb\r\n"
+        f"Max-Forwards: 70\r\nFrom: {ok.headers.get('to')}\r\nTo: {b_inv.headers.get('from')}\r\n"
+        f"Call-ID: {b_inv.call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    h.feed(B1, bye)
+    assert [m.status for m in h.take(B1)] == [200]  # type: ignore[union-attr]
+    a_bye = h.take(A)
+    assert [m.method for m in a_bye] == ["BYE"]  # type: ignore[union-attr]
+    assert a_bye[0].uri == "sip:caller@127.0.0.1:5080"
+    assert a_bye[0].to_tag == "ft" and a_bye[0].call_id == "a1@x"
+    (w,) = h.cdrs()
+    assert w.cdr.hangup_side is HangupSide.BUYER
+
+
+def test_busy_fails_over_to_next_target() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 486)
+    acks = h.take(B1)
+    assert [m.method for m in acks] == ["ACK"]  # type: ignore[union-attr]
+    (b2_inv,) = h.take(B2)
+    assert isinstance(b2_inv, SipRequest) and b2_inv.method == "INVITE"
+    answer(h, B2, b2_inv, 200)
+    assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]
+    assert h.core.calls[next(iter(h.core.calls))].attempts == 2
+
+
+def test_all_busy_caller_gets_last_status() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 486)
+    (b2_inv,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    answer(h, B2, b2_inv, 603)
+    assert [m.status for m in h.take(A)] == [603]  # type: ignore[union-attr]
+    (w,) = h.cdrs()
+    assert w.cdr.disposition is Disposition.FAILED
+    assert w.cdr.sip_status == 603
+    assert w.cdr.attempts == 2
+
+
+def test_ring_timeout_cancels_and_tries_next() -> None:
+    h = Harness(ring_timeout=3.0)
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 180)
+    h.take(A)
+    h.advance(3.0)
+    cancels = [m for m in h.take(B1) if isinstance(m, SipRequest)]
+    assert [m.method for m in cancels] == ["CANCEL"]
+    assert cancels[0].via.branch == b_inv.via.branch  # §9.1: same branch as the INVITE
+    (b2_inv,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    h.feed(B1, make_response(cancels[0], 200, "OK"))
+    answer(h, B1, b_inv, 487)
+    assert h.take(A) == []  # the caller hears nothing of the abandoned attempt
+    h.advance(3.0)
+    assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
+    (w,) = h.cdrs()
+    assert w.cdr.disposition is Disposition.NO_ANSWER
+    assert b2_inv.method == "INVITE"
+
+
+def test_cancel_before_answer() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 180)
+    h.take(A)
+    cancel = (
+        invite()
+        .decode()
+        .replace("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .split("\r\n\r\n")[0]
+    )
+    cancel = cancel.replace(f"Content-Length: {len(SDP)}", "Content-Length: 0") + "\r\n\r\n"
+    h.feed(A, cancel.encode())
+    statuses = sorted(m.status for m in h.take(A))  # type: ignore[union-attr]
+    assert statuses == [200, 487]
+    (b_cancel,) = h.take(B1)
+    assert isinstance(b_cancel, SipRequest) and b_cancel.method == "CANCEL"
+    (w,) = h.cdrs()
+    assert w.cdr.disposition is Disposition.CANCELLED
+    assert w.cdr.hangup_side is HangupSide.CALLER
+
+
+def test_late_2xx_from_abandoned_buyer_is_acked_and_hung_up() -> None:
+    h = Harness(ring_timeout=2.0)
+    b_inv = start_call(h)
+    h.advance(2.0)  # no provisional: the CANCEL waits (§9.1)
+    assert [m for m in h.take(B1) if isinstance(m, SipRequest) and m.method == "CANCEL"] == []
+    h.take(B2)
+    answer(h, B1, b_inv, 200)
+    methods = [m.method for m in h.take(B1) if isinstance(m, SipRequest)]
+    assert methods == ["ACK", "BYE"]
+
+
+def test_rejection_carries_reason() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.take(A)
+    h.route(
+        RouteOutcome(
+            reject_status=403,
+            reject_reason="Forbidden",
+            rule="dnc",
+            disposition="rejected_compliance",
+        )
+    )
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 403
+    assert 'text="dnc"' in (resp.headers.get("reason") or "")
+    (w,) = h.cdrs()
+    assert w.cdr.disposition is Disposition.REJECTED_COMPLIANCE
+
+
+def test_no_targets_is_480_no_buyer() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.take(A)
+    h.route(RouteOutcome(targets=[]))
+    assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
+    assert h.cdrs()[0].cdr.disposition is Disposition.NO_BUYER
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (invite(mf=0), 483),
+        (
+            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKo\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            200,
+        ),
+        (
+            b"BYE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKb\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>;tag=nope\r\nCall-ID: nope\r\n"
+            b"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            481,
+        ),
+        (
+            b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKm\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            400,
+        ),
+    ],
+    ids=["max-forwards-0", "options", "bye-no-dialog", "no-call-id"],
+)
+def test_simple_answers(raw: bytes, status: int) -> None:
+    h = Harness()
+    h.feed(A, raw)
+    out = h.take(A)
+    assert out and isinstance(out[-1], SipResponse) and out[-1].status == status
+
+
+def test_malformed_400_names_the_fault() -> None:
+    h = Harness()
+    h.feed(A, invite().replace(b"Call-ID: a1@x\r\n", b""))
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 400
+    assert "Call-ID" in resp.reason
+    h.feed(A, b"\x00\xff garbage")
+    assert h.take(A) == []
+    assert h.core.stats["malformed_requests"] == 2
+
+
+def test_unknown_source_403_without_cdr() -> None:
+    h = Harness(allow=False)
+    h.feed(A, invite())
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 403
+    assert h.cdrs() == [] and h.effects == []
+
+
+def test_overload_503_retry_after() -> None:
+    h = Harness(max_calls=1)
+    h.feed(A, invite())
+    h.take(A)
+    h.feed(A, invite(call_id="a2@x", branch="z9hG4bKa2"))
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 503
+    assert resp.headers.get("retry-after") == "5"
+    assert h.cdrs()[0].cdr.disposition is Disposition.OVERLOAD
+
+
+def test_retransmitted_invite_is_absorbed() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.feed(A, invite())
+    assert len([e for e in h.effects if isinstance(e, RouteCall)]) == 1
+    assert [m.status for m in h.take(A)] == [100, 100]  # type: ignore[union-attr]
+
+
+def test_drain_byes_answered_calls() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 200)
+    (a_ok,) = h.take(A)
+    assert isinstance(a_ok, SipResponse)
+    h.feed(A, in_dialog("ACK", a_ok, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    h.take(B1)
+    h.core.drain(h.now)
+    h.pump()
+    assert [m.method for m in h.take(A)] == ["BYE"]  # type: ignore[union-attr]
+    assert [m.method for m in h.take(B1)] == ["BYE"]  # type: ignore[union-attr]
+    assert h.cdrs()[0].cdr.hangup_side is HangupSide.SYSTEM
