@@ -178,6 +178,23 @@ class SwitchCore:
         self._drain(now)
         return True
 
+    def connection_closed(self, peer: Peer, now: float) -> None:
+        """A caller's stream connection (TCP, WebSocket) went away: end its calls.
+
+        Answered calls get BYE toward the buyer; calls still ringing are cancelled. The caller
+        cannot be told (its connection is gone), so nothing is sent on that leg.
+        """
+        self._now = now
+        for call in [c for c in self.calls.values() if c.a_peer.conn == peer.conn
+                     and c.a_peer.transport == peer.transport and peer.conn]:
+            if call.state is CallState.ANSWERED:
+                self._bye_both(call, HangupSide.CALLER, now, from_a=True)
+            else:
+                self._abandon_attempt(call, now)
+                call.final_status = 487
+                self._end(call, Disposition.CANCELLED, HangupSide.CALLER, 487)
+        self._drain(now)
+
     def end_call(self, call_id: str, disposition: Disposition, now: float) -> None:
         """The switch ends a call itself (media timeout): BYE both legs."""
         self._now = now
@@ -842,6 +859,9 @@ class SwitchCore:
         if call.final_status is None:
             call.final_status = status
         call.state = CallState.ENDED
+        # Only live calls count (max_calls, /metrics); an ended call stays reachable through its
+        # dialogs until our BYEs finish.
+        self.calls.pop(call.call_id, None)
         call.ended_at = self._wall()
         call.ended_mono = self._now
         if not call.cdr_written:

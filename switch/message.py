@@ -90,27 +90,40 @@ def canonical_name(key: str) -> str:
     return name
 
 
+_KEYS: dict[str, str] = {}  # raw header name -> lookup key; names repeat, so this stays small
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lower case, compact form expanded."""
-    key = name.strip().lower()
-    return COMPACT.get(key, key)
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.strip().lower()
+        key = COMPACT.get(key, key)
+        if len(_KEYS) < 4096:  # bounded: a peer inventing names cannot grow it without limit
+            _KEYS[name] = key
+    return key
 
 
 class Headers:
     """Ordered SIP headers with case-insensitive lookup; repeats are kept in order."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_first", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(header_key(k), v) for k, v in items]
+        # First value per key, built on the first lookup and dropped on every change: a
+        # message is read many times and edited rarely.
+        self._first: dict[str, str] | None = None
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (for list headers: the first whole line)."""
-        key = header_key(name)
-        for k, v in self._items:
-            if k == key:
-                return v
-        return None
+        first = self._first
+        if first is None:
+            first = self._first = {k: v for k, v in reversed(self._items)}
+        value = first.get(name)
+        if value is None and name not in first:
+            value = first.get(header_key(name))
+        return value
 
     def get_all(self, name: str) -> list[str]:
         """Every line of ``name``, in order."""
@@ -130,6 +143,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` with one value, kept where the first one stood."""
         key = header_key(name)
+        self._first = None
         for i, (k, _) in enumerate(self._items):
             if k == key:
                 self._items[i] = (key, value)
@@ -139,6 +153,7 @@ class Headers:
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         key = header_key(name)
+        self._first = None
         if first:
             self._items.insert(0, (key, value))
         else:
@@ -146,11 +161,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         key = header_key(name)
+        self._first = None
         self._items = [kv for kv in self._items if kv[0] != key]
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first element of a list header (e.g. the top Via)."""
         key = header_key(name)
+        self._first = None
         for i, (k, v) in enumerate(self._items):
             if k == key:
                 parts = split_unquoted(v, ",")
@@ -167,6 +184,7 @@ class Headers:
     def copy(self) -> Headers:
         h = Headers()
         h._items = list(self._items)
+        h._first = self._first
         return h
 
     def __len__(self) -> int:
@@ -250,9 +268,11 @@ class _Message:
 
     def _serialize(self, start_line: str) -> bytes:
         parts = [start_line]
-        for key, value in self.headers.items():
+        canon = _CANONICAL
+        for key, value in self.headers._items:
             if key != "content-length":
-                parts.append(f"{canonical_name(key)}: {value}")
+                name = canon.get(key) or canonical_name(key)
+                parts.append(f"{name}: {value}")
         parts.append(f"Content-Length: {len(self.body)}")
         parts.append("")
         parts.append("")
@@ -324,6 +344,7 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
     lines = text.replace("\r\n", "\n").split("\n")
     start = lines[0]
     items: list[tuple[str, str]] = []
+    keys = _KEYS
     for line in lines[1:]:
         if not line:
             continue
@@ -336,10 +357,13 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
         name, sep, value = line.partition(":")
         if not sep:
             raise SipParseError(f"Malformed header line {line[:60]!r}")
-        name = name.strip()
-        if not name or " " in name or "\t" in name:
-            raise SipParseError(f"Malformed header name {name[:40]!r}")
-        items.append((header_key(name), value.strip()))
+        cached = keys.get(name)
+        if cached is None:
+            name = name.strip()
+            if not name or " " in name or "\t" in name:
+                raise SipParseError(f"Malformed header name {name[:40]!r}")
+            cached = header_key(name)
+        items.append((cached, value.strip()))
     headers = Headers()
     headers._items = items
 

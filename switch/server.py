@@ -73,7 +73,8 @@ class Switch:
         self.db_kind = "none"
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # per-call work (routing)
+        self._background: list[asyncio.Task[Any]] = []  # runs until stop()
         self.udp: UdpTransport | None = None
         self.tcp: TcpHub | None = None
         self._servers: list[Any] = []
@@ -140,6 +141,8 @@ class Switch:
             await self._runner.cleanup()
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._background:
+            task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
         if self.cdr_writer is not None:
@@ -171,6 +174,10 @@ class Switch:
         self.admitter.update(self.config)
         self.cdr_writer = CdrWriter(self.store, self.settings.data_dir / "spool")
         await self.cdr_writer.start()
+        # Monthly CDR partitions are created ahead of time, daily (storage.md §4).
+        self._background.append(
+            self.loop.create_task(self.store.maintain_partitions(lambda: datetime.now(UTC)))
+        )
 
     def _build_router(self) -> Router:
         from exchange.engine import Exchange

@@ -393,3 +393,25 @@ def test_drain_byes_answered_calls() -> None:
     assert [m.method for m in h.take(A)] == ["BYE"]  # type: ignore[union-attr]
     assert [m.method for m in h.take(B1)] == ["BYE"]  # type: ignore[union-attr]
     assert h.cdrs()[0].cdr.hangup_side is HangupSide.SYSTEM
+
+
+def test_closed_connection_ends_its_calls() -> None:
+    ws = Peer("ws", "127.0.0.1", 40000)  # how the harness files what it sent
+    h = Harness()
+    h.feed(ws._replace(conn=7), invite().replace(b"SIP/2.0/UDP", b"SIP/2.0/WS"))
+    assert [m.status for m in h.take(ws)] == [100]  # type: ignore[union-attr]
+    route = next(e for e in h.effects if isinstance(e, RouteCall))
+    assert route.facts.source == "webrtc"
+    h.route(RouteOutcome(targets=TARGETS))
+    (b_inv,) = h.take(B1)
+    assert isinstance(b_inv, SipRequest)
+    ok = answer(h, B1, b_inv, 200)
+    h.take(ws)
+    h.core.connection_closed(Peer("ws", "127.0.0.1", 40000, conn=7), h.now)
+    h.pump()
+    b_out = [m.method for m in h.take(B1) if isinstance(m, SipRequest)]
+    assert b_out == ["ACK", "BYE"]
+    assert h.take(ws) == []
+    (w,) = h.cdrs()
+    assert w.cdr.hangup_side is HangupSide.CALLER and w.cdr.source == "webrtc"
+    assert ok.status == 200
