@@ -22,8 +22,8 @@ from aiohttp import web
 
 from config.settings import Settings
 from exchange.cdr import Cdr
+from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
-from exchange.routing import Router
 from switch.admission import Admission, Admitted, Challenge
 from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
@@ -82,7 +82,7 @@ class Switch:
         self.embedded: Any = None
         self.store: Any = None
         self.cdr_writer: Any = None
-        self.router: Router | None = None
+        self.router: Exchange | None = None
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32))
         host, port = settings.sip_listen
@@ -145,6 +145,9 @@ class Switch:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
+        if self.router is not None:
+            # Flushes pending cap releases (Redis) and closes the RTB HTTP session.
+            await self.router.aclose()
         if self.cdr_writer is not None:
             await self.cdr_writer.close()
         if self.store is not None:
@@ -179,9 +182,7 @@ class Switch:
             self.loop.create_task(self.store.maintain_partitions(lambda: datetime.now(UTC)))
         )
 
-    def _build_router(self) -> Router:
-        from exchange.engine import Exchange
-
+    def _build_router(self) -> Exchange:
         return Exchange.from_settings(
             self.config,
             redis_url=self.settings.redis_url,
