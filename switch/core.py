@@ -209,8 +209,11 @@ class SwitchCore:
         self._now = now
         self.layer.handle_timer(now)
         while self._timers and self._timers[0][0] <= now:
-            _, _, call_id, kind = heapq.heappop(self._timers)
-            call = self.calls.get(call_id)
+            _, _, key, kind = heapq.heappop(self._timers)
+            if kind == "cancel-guard":
+                self._cancel_guard(key)
+                continue
+            call = self.calls.get(key)
             if call is not None:
                 self._call_timer(call, kind, now)
         self._drain(now)
@@ -686,7 +689,8 @@ class SwitchCore:
                 self._attempt_failed(call, att, 408, now, ring_timeout=False)
             return
         relay = self._relays.pop(ev.tx, None)
-        if relay is not None:
+        if relay is not None and relay.method == "INVITE":
+            # RFC 4320: a timed-out non-INVITE gets no 408; the requester's Timer F settles it.
             self.layer.send_response(
                 relay.server_tx, make_response(relay.request, 408, "Request Timeout"), now
             )
@@ -702,11 +706,7 @@ class SwitchCore:
             self._bye_both(a_call, HangupSide.SYSTEM, now, from_a=None)
 
     def _on_terminated(self, tx: str) -> None:
-        found = self._attempts.pop(tx, None)
-        if found is not None:
-            call, att = found
-            if att.dialog is not None and call.state is CallState.ENDED:
-                self._dialogs.pop((att.call_id, att.from_tag), None)
+        self._drop_attempt(tx)
         self._relays.pop(tx, None)
         ended = self._byes.pop(tx, None)
         if ended is not None:
@@ -810,6 +810,13 @@ class SwitchCore:
         h.add("cseq", f"{inv.cseq[0]} CANCEL")
         cancel = SipRequest("CANCEL", inv.uri, h)
         self.layer.send_request(cancel, att.peer, now)
+        # §9.1: with no final response 64*T1 after the CANCEL, the INVITE transaction is
+        # considered cancelled and destroyed (its Proceeding state has no timer of its own).
+        self._timer_seq += 1
+        heapq.heappush(
+            self._timers,
+            (now + 64 * self.config.timers.t1, self._timer_seq, att.tx, "cancel-guard"),
+        )
 
     def _bye_both(self, call: Call, side: HangupSide, now: float, from_a: bool | None) -> None:
         """End an answered call: BYE every leg that did not send the BYE itself."""
@@ -886,6 +893,26 @@ class SwitchCore:
             self._dialogs.pop((call.a_invite.call_id, call.a_tag), None)
         att = call.attempt
         if att is not None and att.dialog is not None and att.tx not in self._attempts:
+            self._dialogs.pop((att.call_id, att.from_tag), None)
+
+    def _cancel_guard(self, tx: str) -> None:
+        found = self._attempts.get(tx)
+        if found is None:
+            return
+        _, att = found
+        if att.final_status is None and not (att.dialog is not None and att.dialog.confirmed):
+            self.layer.terminate(tx)  # no TransactionTerminated follows a terminate()
+            self._drop_attempt(tx)
+
+    def _drop_attempt(self, tx: str) -> None:
+        """The attempt's INVITE transaction is over: forget it and, unless it is the answered
+        leg of a live call, its dialog."""
+        found = self._attempts.pop(tx, None)
+        if found is None:
+            return
+        call, att = found
+        over = att.abandoned or call.attempt is not att or call.state is CallState.ENDED
+        if att.dialog is not None and over and not (call.attempt is att and call.byes_pending):
             self._dialogs.pop((att.call_id, att.from_tag), None)
 
     def _call_timer(self, call: Call, kind: str, now: float) -> None:

@@ -415,3 +415,71 @@ def test_closed_connection_ends_its_calls() -> None:
     (w,) = h.cdrs()
     assert w.cdr.hangup_side is HangupSide.CALLER and w.cdr.source == "webrtc"
     assert ok.status == 200
+
+
+def assert_clean(h: Harness) -> None:
+    """After every timer has run, nothing about any call is left anywhere in the core."""
+    h.advance(200.0)
+    core = h.core
+    assert core.calls == {}
+    assert core._dialogs == {}
+    assert core._attempts == {}
+    assert core._by_a_tx == {}
+    assert core._relays == {}
+    assert core._byes == {}
+    assert core._pending_ack == {}
+    assert len(core.layer) == 0
+
+
+def _busy_then_answer(h: Harness) -> None:
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 486)
+    (b2,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    ok = answer(h, B2, b2, 200)
+    (a_ok,) = [m for m in h.take(A) if isinstance(m, SipResponse)]
+    h.feed(A, in_dialog("ACK", a_ok, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    h.feed(A, in_dialog("BYE", a_ok, 2, "z9hG4bKbye", "sip:dce@127.0.0.1:5060"))
+    bye = next(m for m in h.take(B2) if isinstance(m, SipRequest) and m.method == "BYE")
+    h.feed(B2, make_response(bye, 200, "OK"))
+    assert ok.status == 200
+
+
+def _ring_timeout_dead_buyer(h: Harness) -> None:
+    # The first buyer rings, then never answers anything again (not even our CANCEL).
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 180, tag="early")
+    h.advance(3.0)
+    (b2,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    answer(h, B2, b2, 486)
+
+
+def _cancelled(h: Harness) -> None:
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 183, tag="early")
+    h.feed(A, invite().replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(
+        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL"))
+    cancel = next(m for m in h.take(B1) if isinstance(m, SipRequest))
+    h.feed(B1, make_response(cancel, 200, "OK"))
+    answer(h, B1, b_inv, 487, tag="early")
+
+
+def _no_ack_from_caller(h: Harness) -> None:
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 200)
+    h.advance(40.0)  # Timer L: the caller never ACKed, both legs get BYE
+    methods = [m.method for m in h.take(B1) if isinstance(m, SipRequest)]
+    # ACK, BYE, then Timer E retransmissions of that BYE (this buyer never answers it).
+    assert methods[:2] == ["ACK", "BYE"] and set(methods[1:]) == {"BYE"}
+    assert h.cdrs()[0].cdr.hangup_side is HangupSide.SYSTEM
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [_busy_then_answer, _ring_timeout_dead_buyer, _cancelled, _no_ack_from_caller],
+    ids=["busy-then-answer", "ring-timeout-dead-buyer", "cancelled", "no-ack-from-caller"],
+)
+def test_no_state_is_left_behind(scenario: object) -> None:
+    h = Harness(ring_timeout=3.0)
+    scenario(h)  # type: ignore[operator]
+    assert len(h.cdrs()) == 1
+    assert_clean(h)
