@@ -84,8 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     media_mode: str = "relay"
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Not in SPEC.md's table: SIP timer T1 (RFC 3261 §17), for tests and lossy links.
+    # Not in SPEC.md's table: SIP timer T1 (RFC 3261 §17), for tests and lossy links, and the
+    # folder of trusted STIR/SHAKEN certificates (PEM), default DCE_DATA_DIR/stir-trust.
     sip_t1: float = 0.5
+    stir_trust_dir: Path | None = None
 
 
 _KEYS = (
@@ -106,6 +108,7 @@ _KEYS = (
     "tls_cert",
     "tls_key",
     "sip_t1",
+    "stir_trust_dir",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -140,7 +143,7 @@ def _coerce(key: str, raw: Any) -> Any:
             return str(ipaddress.ip_address(str(raw)))
         except ValueError as exc:
             raise ConfigError(key, f"expected an IP address, got {raw!r}") from exc
-    if key in ("data_dir", "tls_cert", "tls_key"):
+    if key in ("data_dir", "tls_cert", "tls_key", "stir_trust_dir"):
         return Path(str(raw))
     if raw == "":
         return None

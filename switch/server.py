@@ -14,13 +14,17 @@ import gc
 import logging
 import random
 import secrets
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from compliance.check import Gate
+from compliance.dnc import DncStore
+from compliance.erasure import Suppression
+from compliance.fraud import FraudScorer
+from compliance.stir import TrustStore
 from config.settings import Settings
 from exchange.cdr import Cdr
 from exchange.engine import Exchange
@@ -28,6 +32,7 @@ from exchange.models import ExchangeConfig
 from switch.admission import Admission, Admitted, Challenge
 from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
+from switch.decide import CallDecider
 from switch.effects import RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest
 from switch.peer import Peer
@@ -107,6 +112,7 @@ class Switch:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self._open_database()
         self.router = self._build_router()
+        self.decider = CallDecider(self._build_gate(), self.router, self.config)
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
         udp_transport, self.udp = await self.loop.create_datagram_endpoint(
@@ -188,6 +194,27 @@ class Switch:
             self.loop.create_task(self.store.maintain_partitions(lambda: datetime.now(UTC)))
         )
 
+    def _build_gate(self) -> Gate:
+        """The compliance gate with its data: DNC lists saved under DCE_DATA_DIR/dnc, the STIR
+        trust store (DCE_STIR_TRUST_DIR), the erasure suppression list."""
+        data = self.settings.data_dir
+        dnc_dir = data / "dnc"
+        dnc = DncStore.load(dnc_dir) if dnc_dir.is_dir() else DncStore()
+        trust_dir = self.settings.stir_trust_dir or data / "stir-trust"
+        trust = TrustStore.from_directory(trust_dir) if trust_dir.is_dir() else TrustStore()
+        suppression = Suppression(self._secret("erasure_secret"))
+        return Gate(dnc=dnc, trust=trust, suppression=suppression, fraud=FraudScorer())
+
+    def _secret(self, name: str) -> bytes:
+        """A random secret kept in DCE_DATA_DIR (0600), made on first use."""
+        path = self.settings.data_dir / name
+        if path.exists():
+            return bytes.fromhex(path.read_text().strip())
+        secret = secrets.token_bytes(32)
+        path.write_text(secret.hex() + "\n")
+        path.chmod(0o600)
+        return secret
+
     def _build_router(self) -> Exchange:
         return Exchange.from_settings(
             self.config,
@@ -247,27 +274,8 @@ class Switch:
         task.add_done_callback(self._tasks.discard)
 
     async def _route(self, effect: RouteCall) -> None:
-        t0 = time.perf_counter_ns()
         try:
-            assert self.router is not None
-            decision = await self.router.route(effect.facts)
-            elapsed_us = (time.perf_counter_ns() - t0) // 1000
-            extra: dict[str, Any] = {
-                "campaign_id": decision.campaign_id,
-                "decision_us": decision.decision_us or elapsed_us,
-            }
-            if decision.record is not None:
-                extra["auction"] = decision.record
-            if decision.targets:
-                outcome = RouteOutcome(targets=decision.targets, cdr=extra)
-            else:
-                outcome = RouteOutcome(
-                    reject_status=480,
-                    reject_reason="Temporarily Unavailable",
-                    rule=decision.reason or "no_buyer",
-                    disposition="no_buyer",
-                    cdr=extra,
-                )
+            outcome = await self.decider.decide(effect, datetime.now(UTC))
         except Exception:
             logger.exception("routing failed", extra={"call_id": effect.call_id})
             outcome = RouteOutcome(
@@ -281,6 +289,10 @@ class Switch:
 
     def _write_cdr(self, effect: WriteCdr) -> None:
         cdr: Cdr = effect.cdr
+        if effect.answered and effect.target is not None and cdr.trunk_id:
+            # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
+            self.decider.gate.record_call_end(
+                cdr.trunk_id, cdr.duration_ms, effect.target.min_duration_s, cdr.ended_at)
         try:
             if self.router is not None:
                 s = self.router.settle(
