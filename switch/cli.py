@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 
@@ -30,6 +31,36 @@ def _parser() -> argparse.ArgumentParser:
         "which win over the config file.",
     )
     run.add_argument("--config", type=Path, help="TOML file: settings, trunks, campaigns, buyers")
+
+    dnc = sub.add_parser(
+        "dnc",
+        help="do-not-call lists",
+        description="Manage do-not-call lists "
+        "kept under DCE_DATA_DIR/dnc; a running switch picks changes up.",
+    )
+    dnc_sub = dnc.add_subparsers(dest="dnc_command", metavar="COMMAND")
+    imp = dnc_sub.add_parser(
+        "import",
+        help="bulk-import numbers from a CSV or plain-text file",
+        description="Import numbers (first column of a CSV, or one per line, any common "
+        "formatting) into the list NAME, replacing it unless --merge is given. "
+        "Malformed lines are skipped and counted.",
+    )
+    imp.add_argument("file", type=Path, help="the file to import")
+    imp.add_argument(
+        "--list",
+        required=True,
+        dest="list_name",
+        help="list name, e.g. federal, state-fl, internal, litigator",
+    )
+    imp.add_argument("--source", help="where the data came from (default: the file name)")
+    imp.add_argument("--merge", action="store_true", help="add to the list instead of replacing")
+    imp.add_argument(
+        "--loaded-at",
+        help="when the data was pulled from its source (ISO 8601, "
+        "default now); lists older than 31 days fail closed",
+    )
+    imp.add_argument("--config", type=Path, help="TOML file (for data_dir)")
     return p
 
 
@@ -41,7 +72,86 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return _run(args.config)
+    if args.command == "dnc":
+        if args.dnc_command != "import":
+            parser.parse_args(["dnc", "--help"])
+        return _dnc_import(args)
     return 2  # pragma: no cover
+
+
+def _dnc_import(args: argparse.Namespace) -> int:
+    """``dce dnc import``: stream the file into a list and save it under DCE_DATA_DIR/dnc."""
+    from datetime import UTC, datetime
+
+    from compliance.dnc import DncStore
+    from compliance.errors import ComplianceError
+
+    try:
+        settings = load_settings(read_config_file(args.config) if args.config else {})
+    except ConfigError as exc:
+        print(f"dce: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loaded_at = datetime.fromisoformat(args.loaded_at) if args.loaded_at else datetime.now(UTC)
+    except ValueError:
+        print(f"dce: --loaded-at: not an ISO 8601 time: {args.loaded_at!r}", file=sys.stderr)
+        return 2
+    if loaded_at.tzinfo is None:
+        loaded_at = loaded_at.replace(tzinfo=UTC)
+    directory = settings.data_dir / "dnc"
+    store = DncStore.load(directory) if directory.is_dir() else DncStore()
+    bar = _ProgressBar(sys.stderr)
+    try:
+        report = store.import_file(
+            args.list_name,
+            args.file,
+            source=args.source,
+            loaded_at=loaded_at,
+            merge=args.merge,
+            progress=bar,
+        )
+        store.save(directory, args.list_name)
+    except FileNotFoundError:
+        print(f"dce: {args.file}: no such file", file=sys.stderr)
+        return 2
+    except ComplianceError as exc:
+        print(f"dce: {exc}", file=sys.stderr)
+        return 2
+    bar.done()
+    print(
+        f"list {args.list_name}: read {report.read}, imported {report.imported}, "
+        f"rejected {report.rejected}, duplicates {report.duplicates}, "
+        f"now {report.total} numbers (saved in {directory})"
+    )
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal (plain periodic lines when not a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = -1.0
+
+    def __call__(self, done: int, total: int | None, lines: int) -> None:
+        frac = done / total if total else 0.0
+        if frac - self._last < (0.01 if self.tty else 0.1):
+            return
+        self._last = frac
+        width = 30
+        filled = int(width * frac)
+        text = f"[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%} {lines:,} lines"
+        if self.tty:
+            self.stream.write("\r" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _run(config_path: Path | None) -> int:

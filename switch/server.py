@@ -113,6 +113,7 @@ class Switch:
         await self._open_database()
         self.router = self._build_router()
         self.decider = CallDecider(self._build_gate(), self.router, self.config)
+        self._background.append(self.loop.create_task(self._watch_dnc()))
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
         udp_transport, self.udp = await self.loop.create_datagram_endpoint(
@@ -205,6 +206,31 @@ class Switch:
         suppression = Suppression(self._secret("erasure_secret"))
         return Gate(dnc=dnc, trust=trust, suppression=suppression, fraud=FraudScorer())
 
+    async def _watch_dnc(self, interval: float = 5.0) -> None:
+        """Reload DNC lists that `dce dnc import` (another process) saved or changed."""
+        directory = self.settings.data_dir / "dnc"
+
+        def stamp() -> dict[str, float]:
+            if not directory.is_dir():
+                return {}
+            return {p.name: p.stat().st_mtime for p in directory.glob("*.json")}
+
+        seen = stamp()
+        while True:
+            await asyncio.sleep(interval)
+            now = stamp()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                # Reading tens of MB of list files is slow work: keep it off the loop.
+                store = await self.loop.run_in_executor(None, DncStore.load, directory)
+            except Exception:
+                logger.exception("reloading DNC lists failed; keeping the lists in use")
+                continue
+            self.decider.gate.dnc = store
+            logger.info("DNC lists reloaded", extra={"lists": len(now)})
+
     def _secret(self, name: str) -> bytes:
         """A random secret kept in DCE_DATA_DIR (0600), made on first use."""
         path = self.settings.data_dir / name
@@ -292,7 +318,8 @@ class Switch:
         if effect.answered and effect.target is not None and cdr.trunk_id:
             # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
             self.decider.gate.record_call_end(
-                cdr.trunk_id, cdr.duration_ms, effect.target.min_duration_s, cdr.ended_at)
+                cdr.trunk_id, cdr.duration_ms, effect.target.min_duration_s, cdr.ended_at
+            )
         try:
             if self.router is not None:
                 s = self.router.settle(
