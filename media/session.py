@@ -27,6 +27,9 @@ class MediaSession(Protocol):
     def b_answered(self, sdp: bytes) -> bytes:
         """The buyer's answer -> the caller's answer."""
 
+    def answered(self) -> None:
+        """The call was answered (200 relayed): media timeout accounting starts."""
+
     def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
         """An offer in a re-INVITE/UPDATE from one leg -> the offer for the other leg."""
 
@@ -55,6 +58,9 @@ class PassthroughSession:
 
     def b_answered(self, sdp: bytes) -> bytes:
         return sdp
+
+    def answered(self) -> None:
+        return None
 
     def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
         return sdp

@@ -380,6 +380,8 @@ class SwitchCore:
                 facts=facts,
                 identity=req.headers.get("identity"),
                 pai=req.headers.get("p-asserted-identity"),
+                offer=req.body,
+                source_ip=peer.host,
             )
         )
 
@@ -598,6 +600,8 @@ class SwitchCore:
                 self._bad_buyer_sdp(call, att, exc, now)
                 return
         call.state = CallState.ANSWERED
+        if call.media is not None:
+            call.media.answered()
         call.answered_mono = now
         call.answered_at = self._wall()
         call.final_status = 200

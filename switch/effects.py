@@ -21,6 +21,8 @@ class RouteCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     facts: CallFacts
     identity: str | None = None  # RFC 8224 Identity header
     pai: str | None = None  # P-Asserted-Identity (verstat)
+    offer: bytes = b""  # the caller's SDP offer, for the media session
+    source_ip: str = ""  # where the INVITE came from (media latching behind NAT)
 
 
 class WriteCdr(msgspec.Struct, kw_only=True, gc=False):

@@ -26,9 +26,12 @@ from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
-from exchange.cdr import Cdr
+from exchange.cdr import Cdr, Disposition
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
+from media.anchor import MediaManager
+from media.errors import MediaError
+from media.session import MediaSession
 from switch.admission import Admission, Admitted, Challenge
 from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
@@ -91,6 +94,12 @@ class Switch:
         self.router: Exchange | None = None
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32))
+        self.media = MediaManager(
+            mode=settings.media_mode,
+            media_ip=settings.media_ip,
+            ports=settings.rtp_ports,
+            rng=self.rng,
+        )
         host, port = settings.sip_listen
         self.core = SwitchCore(
             CoreConfig(
@@ -113,6 +122,7 @@ class Switch:
         await self._open_database()
         self.router = self._build_router()
         self.decider = CallDecider(self._build_gate(), self.router, self.config)
+        self.media.start_watchdog(s.media_timeout, self._media_timeout)
         self._background.append(self.loop.create_task(self._watch_dnc()))
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
@@ -146,6 +156,7 @@ class Switch:
         while self.core.live_calls and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.05)
+        self.media.close_all()
         for server in self._servers:
             server.close()
         if self.tcp is not None:
@@ -310,11 +321,33 @@ class Switch:
                 rule="routing_error",
                 disposition="failed",
             )
-        self.core.route_done(effect.call_id, outcome, self.loop.time())
+        media: MediaSession | None = None
+        if outcome.targets:
+            try:
+                media = await self.media.open(effect.call_id, effect.offer, effect.source_ip)
+            except MediaError as exc:
+                # 488 for an offer we cannot anchor, 503 when no RTP ports are free.
+                outcome = RouteOutcome(
+                    reject_status=exc.status,
+                    reject_reason="Not Acceptable Here"
+                    if exc.status == 488
+                    else "Service Unavailable",
+                    rule="sdp" if exc.status == 488 else "no_media_ports",
+                    disposition="failed",
+                    cdr=outcome.cdr,
+                )
+        if not self.core.route_done(effect.call_id, outcome, self.loop.time(), media):
+            self.media.close(effect.call_id)  # the caller gave up while we were routing
+        self.transmit()
+
+    def _media_timeout(self, call_id: str) -> None:
+        self.core.end_call(call_id, Disposition.MEDIA_TIMEOUT, self.loop.time())
         self.transmit()
 
     def _write_cdr(self, effect: WriteCdr) -> None:
         cdr: Cdr = effect.cdr
+        for name, value in self.media.close(cdr.call_id).items():
+            setattr(cdr, name, value)
         if effect.answered and effect.target is not None and cdr.trunk_id:
             # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
             self.decider.gate.record_call_end(

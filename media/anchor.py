@@ -1,0 +1,127 @@
+"""Media sessions for the switch core: anchored RTP (default) or bypass (DCE_MEDIA_MODE).
+
+:class:`RelayMediaSession` is the :class:`media.session.MediaSession` of an anchored call: it
+parses every SDP the call carries, lets :class:`media.relay.CallRelay` learn each leg's media
+address, and hands back the SDP for the other leg pointing at the switch's own ports, with the
+switch's own ``o=`` line per leg (RFC 3264 §8: version bumped on each change).
+:class:`MediaManager` opens the right kind of session while a call is being routed and closes
+it, returning the packet counters for the CDR, when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from media.errors import SdpError
+from media.ports import PortAllocator
+from media.relay import CallMediaStats, Leg, RelayConfig
+from media.sdp import LegOrigin, parse
+from media.session import MediaSession, PassthroughSession
+from media.transport import RelayManager, RelaySession
+
+
+class RelayMediaSession:
+    """SDP through the relay: both legs see only DCE_MEDIA_IP and the switch's ports."""
+
+    def __init__(
+        self,
+        session: RelaySession,
+        a_offer: bytes,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random,
+        a_signal_ip: str | None,
+    ) -> None:
+        self.session = session
+        self.relay = session.relay
+        self._clock = clock
+        self._a_signal_ip = a_signal_ip
+        self._b_signal_ip: str | None = None
+        # The o= line the switch presents to each leg: one per dialog.
+        self._origin = {Leg.A: LegOrigin.create(rng), Leg.B: LegOrigin.create(rng)}
+        self._b_offer = self._anchor(Leg.A, a_offer)
+
+    def _anchor(self, from_leg: Leg, body: bytes) -> bytes:
+        """Learn ``from_leg``'s media from ``body``; the SDP for the other leg."""
+        sd = parse(body)  # SdpError (488) when it does not parse
+        signal_ip = self._a_signal_ip if from_leg is Leg.A else self._b_signal_ip
+        return self.relay.anchor(
+            from_leg, sd, self._clock(), self._origin[from_leg.other], signal_ip
+        )
+
+    @property
+    def b_offer(self) -> bytes:
+        return self._b_offer
+
+    def new_attempt(self) -> None:
+        self.relay.reset_leg(Leg.B)
+
+    def b_answered(self, sdp: bytes) -> bytes:
+        return self._anchor(Leg.B, sdp)
+
+    def answered(self) -> None:
+        self.relay.answered(self._clock())
+
+    def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
+        return self._anchor(Leg.A if from_a else Leg.B, sdp)
+
+    def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
+        # The answer comes from the leg that did not make the offer.
+        return self._anchor(Leg.B if from_a else Leg.A, sdp)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class MediaManager:
+    """Opens and closes every call's media session; owns the relay's ports and sockets."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        media_ip: str,
+        ports: tuple[int, int],
+        rng: random.Random,
+        config: RelayConfig | None = None,
+    ) -> None:
+        self.mode = mode
+        self.media_ip = media_ip
+        self.rng = rng
+        self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
+        self.relay = RelayManager(media_ip, self.allocator, config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self, call_id: str, a_offer: bytes, a_signal_ip: str) -> MediaSession:
+        """The media session for a new call (raises MediaError: 488 bad SDP, 503 no ports).
+
+        A caller without an SDP offer (offer in the 200, RFC 3261 §13.2.1) gets bypass: the
+        relay anchors offers, and a late offer is passed through untouched.
+        """
+        if self.mode == "bypass" or not a_offer:
+            return PassthroughSession(a_offer)
+        parse(a_offer)  # a bad offer is refused before any port is taken
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        session = await self.relay.open_session(call_id)
+        try:
+            return RelayMediaSession(
+                session, a_offer, clock=loop.time, rng=self.rng, a_signal_ip=a_signal_ip
+            )
+        except SdpError:
+            self.relay.close_session(call_id)
+            raise
+
+    def close(self, call_id: str) -> dict[str, Any]:
+        """Close the call's media; the CDR's media fields (empty in bypass)."""
+        stats: CallMediaStats | None = self.relay.close_session(call_id)
+        return stats.cdr_fields() if stats is not None else {}
+
+    def start_watchdog(self, timeout: float, on_timeout: Callable[[str], object]) -> None:
+        if self.mode != "bypass" and timeout > 0:
+            self.relay.start_watchdog(timeout, on_timeout)
+
+    def close_all(self) -> None:
+        self.relay.close_all()

@@ -1,0 +1,359 @@
+"""The relay on real UDP sockets on 127.0.0.1 (media/transport.py), under asyncio and uvloop.
+
+Two fake endpoints (plain datagram sockets) stand for the caller and the buyer; packets go
+through a RelaySession and must arrive byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from media.errors import PortsExhausted
+from media.ports import PortAllocator
+from media.relay import Leg
+from media.sdp import MediaEndpoint
+from media.transport import RelayManager, RelaySession
+
+# Away from DCE_RTP_PORTS' default and from bench/bench_relay.py's range.
+LOW, HIGH = 36000, 36999
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A fake phone: one socket, everything it receives queued as (data, source)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.queue.put_nowait((data, addr))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        port: int = self.transport.get_extra_info("sockname")[1]
+        return port
+
+    def send(self, data: bytes, port: int, host: str = "127.0.0.1") -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, (host, port))
+
+    async def recv(self, timeout: float = 2.0) -> tuple[bytes, Any]:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def nothing(self, wait: float = 0.1) -> bool:
+        try:
+            await asyncio.wait_for(self.queue.get(), wait)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def peer(host: str = "127.0.0.1") -> Peer:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(Peer, local_addr=(host, 0))
+    return proto
+
+
+def rtp(seq: int, pt: int = 0, payload: bytes | None = None, marker: bool = False) -> bytes:
+    body = payload if payload is not None else bytes((seq + i) & 0xFF for i in range(160))
+    return (
+        struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, seq * 160, 0xC0FFEE) + body
+    )
+
+
+def rtcp_sr() -> bytes:
+    # RFC 3550 §6.4.1 sender report with no report blocks (28 octets).
+    return struct.pack("!BBHIIIIII", 0x80, 200, 6, 0xC0FFEE, 1, 2, 3, 4, 5)
+
+
+class Call:
+    """A relay session with both fake phones announced (as their SDP would) and answered."""
+
+    def __init__(self, session: RelaySession, a: Peer, a_rtcp: Peer, b: Peer, b_rtcp: Peer) -> None:
+        self.session, self.a, self.a_rtcp, self.b, self.b_rtcp = session, a, a_rtcp, b, b_rtcp
+        self.a_port, self.b_port = session.ports
+
+    def close(self) -> None:
+        for p in (self.a, self.a_rtcp, self.b, self.b_rtcp):
+            p.close()
+
+
+async def call(manager: RelayManager, call_id: str) -> Call:
+    loop = asyncio.get_running_loop()
+    session = await manager.open_session(call_id)
+    a, a_rtcp, b, b_rtcp = [await peer() for _ in range(4)]
+    now = loop.time()
+    session.relay.set_remote(
+        Leg.A, MediaEndpoint("127.0.0.1", a.port, a_rtcp.port, "sendrecv"), now
+    )
+    session.relay.set_remote(
+        Leg.B, MediaEndpoint("127.0.0.1", b.port, b_rtcp.port, "sendrecv"), now
+    )
+    session.relay.answered(now)
+    return Call(session, a, a_rtcp, b, b_rtcp)
+
+
+def manager(low: int = LOW, high: int = HIGH) -> RelayManager:
+    return RelayManager("127.0.0.1", PortAllocator(low, high, random.Random(11)))
+
+
+async def test_rtp_both_ways_payload_unchanged() -> None:
+    mgr = manager()
+    c = await call(mgr, "call-1")
+    try:
+        for seq in range(20):
+            sent = rtp(seq)
+            c.a.send(sent, c.a_port)
+            data, src = await c.b.recv()
+            assert data == sent and src == ("127.0.0.1", c.b_port)
+            back = rtp(1000 + seq, pt=8)
+            c.b.send(back, c.b_port)
+            data, src = await c.a.recv()
+            assert data == back and src == ("127.0.0.1", c.a_port)
+        # RFC 4733 telephone-event (end of digit 5, marker set) passes untouched.
+        dtmf = rtp(20, pt=101, payload=bytes([5, 0x80, 0x03, 0x20]), marker=True)
+        c.a.send(dtmf, c.a_port)
+        assert (await c.b.recv())[0] == dtmf
+        stats = mgr.close_session("call-1")
+        assert stats is not None
+        assert stats.a_to_b.packets == 21 and stats.b_to_a.packets == 20
+        assert stats.a_to_b.bytes == 20 * 172 + 16 and stats.a_to_b.lost == 0
+    finally:
+        c.close()
+        mgr.close_all()
+
+
+async def test_rtcp_on_its_own_port() -> None:
+    mgr = manager()
+    c = await call(mgr, "call-rtcp")
+    try:
+        report = rtcp_sr()
+        c.a_rtcp.send(report, c.a_port + 1)
+        data, src = await c.b_rtcp.recv()
+        assert data == report and src == ("127.0.0.1", c.b_port + 1)
+        c.b_rtcp.send(report, c.b_port + 1)
+        data, src = await c.a_rtcp.recv()
+        assert data == report and src == ("127.0.0.1", c.a_port + 1)
+        assert await c.b.nothing(0.05)  # nothing leaked onto the RTP path
+        assert c.session.relay.stats().a_to_b.rtcp_packets == 1
+    finally:
+        c.close()
+        mgr.close_all()
+
+
+async def test_spoofed_source_mid_call_is_ignored() -> None:
+    mgr = manager()
+    c = await call(mgr, "call-spoof")
+    same_ip = await peer()
+    other_ip = await peer("127.0.0.2")
+    try:
+        c.a.send(rtp(1), c.a_port)
+        await c.b.recv()
+        # RTP Bleed: strangers send to A's relay port hoping to be latched and get B's audio.
+        for attacker in (same_ip, other_ip):
+            for seq in range(5):
+                attacker.send(rtp(50_000 + seq, payload=b"EVIL" * 40), c.a_port)
+        c.b.send(rtp(2), c.b_port)
+        data, _ = await c.a.recv()  # B's audio still reaches the real caller...
+        assert data == rtp(2)
+        assert await same_ip.nothing() and await other_ip.nothing()  # ...and no one else
+        c.a.send(rtp(3), c.a_port)
+        data, _ = await c.b.recv()
+        assert data == rtp(3)  # the attacker's packets were never forwarded to B
+        assert await c.b.nothing(0.05)
+        assert c.session.relay.stats().a_to_b.foreign == 10
+    finally:
+        for p in (same_ip, other_ip):
+            p.close()
+        c.close()
+        mgr.close_all()
+
+
+async def test_garbage_burst_does_not_disturb_other_calls() -> None:
+    mgr = manager()
+    victim = await call(mgr, "victim")
+    other = await call(mgr, "other")
+    flooders = [await peer(), await peer("127.0.0.2")]
+    try:
+        victim.a.send(rtp(0), victim.a_port)  # the real caller latches first
+        await victim.b.recv()
+        for i in range(3000):
+            # Bytes 0x80-0xBF look like RTP version 2: half of this passes the header check
+            # and is refused on source; the rest is malformed.
+            flooders[i & 1].send(bytes([i & 0xFF]) * (i % 200), victim.a_port)
+            if i % 100 == 0:
+                other.a.send(rtp(i // 100), other.a_port)
+                await asyncio.sleep(0)
+        got = [await other.b.recv() for _ in range(30)]
+        assert [d for d, _ in got] == [rtp(i) for i in range(30)]
+        await asyncio.sleep(0.05)
+        v = victim.session.relay.stats().a_to_b
+        # (The kernel drops part of a burst this dense before the relay sees it.)
+        assert v.packets == 1 and v.malformed > 0 and v.foreign > 0
+        assert v.dropped == v.malformed + v.foreign
+        assert await victim.b.nothing(0.05)  # not one garbage datagram was forwarded
+        assert other.session.relay.stats().a_to_b.dropped == 0
+    finally:
+        for f in flooders:
+            f.close()
+        victim.close()
+        other.close()
+        mgr.close_all()
+
+
+async def test_ports_all_free_after_1000_calls() -> None:
+    mgr = manager(37000, 37199)  # 100 pairs: every pair is reused about 20 times
+    cap = mgr.allocator.capacity
+    a, b = await peer(), await peer()
+    try:
+        for i in range(1000):
+            session = await mgr.open_session(f"c{i}")
+            if i % 100 == 0:  # now and then, carry a packet through to be sure it is live
+                now = asyncio.get_running_loop().time()
+                session.relay.set_remote(
+                    Leg.A, MediaEndpoint("127.0.0.1", a.port, 1, "sendrecv"), now
+                )
+                session.relay.set_remote(
+                    Leg.B, MediaEndpoint("127.0.0.1", b.port, 1, "sendrecv"), now
+                )
+                a.send(rtp(i), session.ports[0])
+                assert (await b.recv())[0] == rtp(i)
+            mgr.close_session(f"c{i}")
+        await mgr.wait_closed()
+        assert mgr.allocator.free == cap and len(mgr) == 0
+        totals = mgr.totals()
+        assert totals.sessions_opened == 1000 and totals.packets == 10
+        # The sockets are really closed: every port in the range binds again.
+        await asyncio.sleep(0)
+        for port in range(37000, 37200):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", port))
+            s.close()
+    finally:
+        a.close()
+        b.close()
+        mgr.close_all()
+
+
+async def test_exhaustion_refused_without_leak() -> None:
+    mgr = manager(37300, 37303)  # two pairs: exactly one call
+    first = await mgr.open_session("one")
+    with pytest.raises(PortsExhausted) as info:
+        await mgr.open_session("two")
+    assert info.value.status == 503
+    assert mgr.allocator.free == 0 and mgr.totals().sessions_refused == 1
+    assert mgr.session("two") is None
+    mgr.close_session("one")
+    assert first.closed
+    await first.wait_closed()  # ports come back once the sockets are really closed
+    assert mgr.allocator.free == 2
+    assert mgr.close_session("one") is None  # idempotent
+    again = await mgr.open_session("two")
+    assert again.ports
+    mgr.close_all()
+    await mgr.wait_closed()
+    assert mgr.allocator.free == 2
+
+
+async def test_ports_taken_by_another_process_are_skipped() -> None:
+    squatters = []
+    for port in range(37400, 37410, 2):  # RTP ports 37400..37408 busy
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", port))
+        squatters.append(s)
+    squatter_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter_rtcp.bind(("127.0.0.1", 37411))  # and 37410's RTCP partner
+    try:
+        mgr = manager(37400, 37415)  # 8 pairs; only 37412 and 37414 usable
+        session = await mgr.open_session("x")
+        assert sorted(session.ports) == [37412, 37414]
+        assert mgr.allocator.in_use == 2  # the skipped ones went back to the pool
+        with pytest.raises(PortsExhausted):
+            await mgr.open_session("y")
+        assert mgr.allocator.in_use == 2
+        mgr.close_all()
+        await mgr.wait_closed()
+        assert mgr.allocator.free == 8
+    finally:
+        for s in [*squatters, squatter_rtcp]:
+            s.close()
+
+
+async def test_media_timeout_sweep_and_watchdog() -> None:
+    mgr = manager()
+    c = await call(mgr, "quiet")
+    loop = asyncio.get_running_loop()
+    try:
+        assert mgr.timed_out(loop.time() + 1.0, 60.0) == []
+        assert mgr.timed_out(loop.time() + 61.0, 60.0) == ["quiet"]
+        fired: asyncio.Queue[str] = asyncio.Queue()
+        mgr.start_watchdog(0.0, fired.put_nowait, interval=0.01)
+        assert await asyncio.wait_for(fired.get(), 2.0) == "quiet"
+        mgr.stop_watchdog()
+    finally:
+        c.close()
+        mgr.close_all()
+
+
+async def test_duplicate_call_id_is_our_bug() -> None:
+    from media.errors import InvalidStateError
+
+    mgr = manager()
+    await mgr.open_session("dup")
+    with pytest.raises(InvalidStateError):
+        await mgr.open_session("dup")
+    mgr.close_all()
+    await mgr.wait_closed()
+    assert mgr.allocator.free == mgr.allocator.capacity
+
+
+async def test_cancelled_open_leaks_nothing() -> None:
+    mgr = manager(37500, 37519)
+    for yields in range(8):
+        task = asyncio.create_task(mgr.open_session(f"c{yields}"))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            assert mgr.session(f"c{yields}") is None
+        else:
+            mgr.close_session(f"c{yields}")  # it finished before the cancel landed
+    await mgr.wait_closed()
+    await asyncio.sleep(0.01)  # sockets closed by the failure path close on the next turn
+    assert mgr.allocator.free == mgr.allocator.capacity and len(mgr) == 0
+
+
+async def test_ipv6_media_address() -> None:
+    mgr = RelayManager("::1", PortAllocator(37600, 37619, random.Random(1)))
+    loop = asyncio.get_running_loop()
+    session = await mgr.open_session("v6")
+    a, b = await peer("::1"), await peer("::1")
+    try:
+        now = loop.time()
+        session.relay.set_remote(Leg.A, MediaEndpoint("::1", a.port, a.port + 1, "sendrecv"), now)
+        session.relay.set_remote(Leg.B, MediaEndpoint("::1", b.port, b.port + 1, "sendrecv"), now)
+        a.send(rtp(1), session.ports[0], host="::1")
+        data, src = await b.recv()
+        assert data == rtp(1) and src[:2] == ("::1", session.ports[1])
+        b.send(rtp(2), session.ports[1], host="::1")
+        assert (await a.recv())[0] == rtp(2)
+    finally:
+        a.close()
+        b.close()
+        mgr.close_all()
