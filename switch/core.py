@@ -147,8 +147,14 @@ class SwitchCore:
             return
         if isinstance(msg, SipRequest):
             self._fix_via(msg, peer)
-        self.layer.receive(msg, peer, now)
-        self._drain(now)
+        try:
+            self.layer.receive(msg, peer, now)
+            self._drain(now)
+        except SipParseError as exc:
+            # A header no layer had read yet turned out malformed (e.g. a Contact or Route
+            # only a dialog reads). The message is dropped; the calls it touched keep their
+            # timers, which end them cleanly if the peer never sends a good one.
+            self._malformed(data, peer, exc)
 
     def route_done(
         self, call_id: str, outcome: RouteOutcome, now: float, media: MediaSession | None = None

@@ -95,6 +95,7 @@ class _Conn:
     ws: web.WebSocketResponse
     peer: Peer
     trunk_id: str
+    binary: bool = False  # the client speaks in binary frames: answer in kind
     out: deque[bytes] = field(default_factory=deque)
     writer: asyncio.Task[None] | None = None
 
@@ -193,6 +194,7 @@ class WsHub:
                 data = msg.data.encode("utf-8")
             elif msg.type is WSMsgType.BINARY:
                 data = msg.data
+                conn.binary = True
             else:  # ERROR (too big, bad UTF-8): aiohttp has already closed it with a code
                 self.stats.bad_frames += 1
                 logger.info(
@@ -223,7 +225,8 @@ class WsHub:
     def send(self, data: bytes, peer: Peer) -> None:
         """Queue one SIP message for ``peer``'s connection; dropped if it has closed.
 
-        RFC 7118 §5: text frames for UTF-8 messages, binary otherwise.
+        RFC 7118 §5: text frames for UTF-8 messages, binary otherwise; but a client that
+        sends binary frames gets binary ones back (some, like sipua, read only those).
         """
         conn = self._conns.get(peer.conn)
         if conn is None or conn.ws.closed:
@@ -238,6 +241,10 @@ class WsHub:
         try:
             while out:
                 data = out.popleft()
+                if conn.binary:
+                    await ws.send_bytes(data)
+                    self.stats.frames_out += 1
+                    continue
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError:

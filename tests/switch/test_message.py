@@ -209,3 +209,23 @@ def test_random_header_values_never_crash(value: str) -> None:
         msg.to_bytes()
     except SipParseError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("SIP/2.0 200 OK\r\nVia: garbage\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+         "Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n", "Via"),
+        ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n"
+         "To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: one INVITE\r\n\r\n", "CSeq"),
+        ("SIP/2.0 200 OK\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+         "Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n", "Via"),
+        ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b\r\n"
+         "To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n", "<"),
+    ],
+    ids=["bad-via", "bad-cseq", "no-via", "unterminated-from"],
+)
+def test_malformed_responses_are_refused_at_parse(raw: str, fragment: str) -> None:
+    with pytest.raises(SipParseError) as info:
+        parse_message(raw.encode())
+    assert fragment.lower() in info.value.reason.lower()
