@@ -88,6 +88,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # folder of trusted STIR/SHAKEN certificates (PEM), default DCE_DATA_DIR/stir-trust.
     sip_t1: float = 0.5
     stir_trust_dir: Path | None = None
+    # Digest algorithms offered in 401 challenges, most preferred first (RFC 8760 §2.4). Some
+    # clients (SIPp 3.6) answer only the first challenge and only in MD5: "MD5,SHA-256".
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
 _KEYS = (
@@ -109,6 +112,7 @@ _KEYS = (
     "tls_key",
     "sip_t1",
     "stir_trust_dir",
+    "digest_algorithms",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -138,6 +142,13 @@ def _coerce(key: str, raw: Any) -> Any:
         if mode not in ("relay", "bypass"):
             raise ConfigError(key, f"expected relay or bypass, got {raw!r}")
         return mode
+    if key == "digest_algorithms":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        algs = tuple(str(a).strip().upper() for a in items if str(a).strip())
+        bad = [a for a in algs if a not in ("SHA-256", "MD5")]
+        if not algs or bad:
+            raise ConfigError(key, f"expected a list of SHA-256 and/or MD5, got {raw!r}")
+        return algs
     if key == "media_ip":
         try:
             return str(ipaddress.ip_address(str(raw)))

@@ -50,8 +50,10 @@ REALM = "dce"
 class TrunkAdmitter:
     """Adapts switch/admission.py to the core: source IP/CIDR first, then digest."""
 
-    def __init__(self, config: ExchangeConfig, secret: bytes) -> None:
-        self.auth = DigestAuthenticator(REALM, secret)
+    def __init__(
+        self, config: ExchangeConfig, secret: bytes, algorithms: tuple[str, ...]
+    ) -> None:
+        self.auth = DigestAuthenticator(REALM, secret, algorithms=algorithms)
         self.admission: Admission[Any] = Admission(config.trunks)
 
     def update(self, config: ExchangeConfig) -> None:
@@ -93,7 +95,9 @@ class Switch:
         self.cdr_writer: Any = None
         self.router: Exchange | None = None
         self.admin_token = ""
-        self.admitter = TrunkAdmitter(config, secrets.token_bytes(32))
+        self.admitter = TrunkAdmitter(
+            config, secrets.token_bytes(32), settings.digest_algorithms
+        )
         self.media = MediaManager(
             mode=settings.media_mode,
             media_ip=settings.media_ip,
