@@ -11,7 +11,7 @@ COPY media ./media
 COPY exchange ./exchange
 COPY compliance ./compliance
 COPY config ./config
-RUN pip install --no-cache-dir '.[webrtc]' \
+RUN pip install --no-cache-dir . \
     && useradd --system --create-home --home-dir /var/lib/dce dce \
     && chown dce:dce /var/lib/dce
 

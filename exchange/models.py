@@ -58,6 +58,8 @@ class Trunk(Model, kw_only=True):
     source_ips: list[str] = []  # IPs or CIDRs; checked when loaded
     username: str | None = None  # digest credentials (RFC 8760)
     password: str | None = None
+    # Browsers (WebRTC over ws://.../sip?token=...) are admitted by this token, never by IP.
+    ws_token: Annotated[str, msgspec.Meta(min_length=16, max_length=200)] | None = None
     payout_share: Percent = Decimal(70)
     active: bool = True
 

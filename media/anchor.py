@@ -72,6 +72,9 @@ class RelayMediaSession:
         # The answer comes from the leg that did not make the offer.
         return self._anchor(Leg.B if from_a else Leg.A, sdp)
 
+    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
+        return False  # plain RTP callers send their own RFC 4733 events through the relay
+
     def close(self) -> None:
         self.session.close()
 
@@ -94,13 +97,22 @@ class MediaManager:
         self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
         self.relay = RelayManager(media_ip, self.allocator, config)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._webrtc: dict[str, Any] = {}  # call id -> media.webrtc.WebRtcSession
+        self._on_dead: Callable[[str], object] = lambda call_id: None
+        self._certificate: Any = None
 
-    async def open(self, call_id: str, a_offer: bytes, a_signal_ip: str) -> MediaSession:
+    async def open(
+        self, call_id: str, a_offer: bytes, a_signal_ip: str, *, webrtc: bool = False
+    ) -> MediaSession:
         """The media session for a new call (raises MediaError: 488 bad SDP, 503 no ports).
 
-        A caller without an SDP offer (offer in the 200, RFC 3261 §13.2.1) gets bypass: the
-        relay anchors offers, and a late offer is passed through untouched.
+        A browser (``webrtc``) always gets its ICE/DTLS-SRTP terminated here, whatever
+        DCE_MEDIA_MODE says: its media cannot reach a plain-RTP buyer otherwise. A caller
+        without an SDP offer (offer in the 200, RFC 3261 §13.2.1) gets bypass: the relay
+        anchors offers, and a late offer is passed through untouched.
         """
+        if webrtc:
+            return await self._open_webrtc(call_id, a_offer)
         if self.mode == "bypass" or not a_offer:
             return PassthroughSession(a_offer)
         parse(a_offer)  # a bad offer is refused before any port is taken
@@ -114,14 +126,50 @@ class MediaManager:
             self.relay.close_session(call_id)
             raise
 
+    async def _open_webrtc(self, call_id: str, a_offer: bytes) -> MediaSession:
+        # Imported on first use: aiortc and PyAV are heavy, and only browsers need them.
+        from aiortc import RTCCertificate
+
+        from media.webrtc import WebRtcConfig, open_webrtc
+
+        if self._certificate is None:
+            # One DTLS certificate for the process (generating one per call costs ~ms).
+            self._certificate = RTCCertificate.generateCertificate()
+        session = await open_webrtc(
+            call_id,
+            a_offer,
+            media_ip=self.media_ip,
+            ports=self.allocator,
+            on_dead=self._dead,
+            config=WebRtcConfig(certificate=self._certificate),
+            rng=self.rng,
+        )
+        self._webrtc[call_id] = session
+        return session  # type: ignore[no-any-return]
+
+    def _dead(self, call_id: str) -> None:
+        self._on_dead(call_id)  # looked up late: the watchdog's handler is set after open
+
     def close(self, call_id: str) -> dict[str, Any]:
         """Close the call's media; the CDR's media fields (empty in bypass)."""
+        web = self._webrtc.pop(call_id, None)
+        if web is not None:
+            web.close()
+            return web.stats().cdr_fields()  # type: ignore[no-any-return]
         stats: CallMediaStats | None = self.relay.close_session(call_id)
         return stats.cdr_fields() if stats is not None else {}
 
     def start_watchdog(self, timeout: float, on_timeout: Callable[[str], object]) -> None:
+        """Media timeouts end calls through ``on_timeout``; so do dead browsers (ICE/DTLS)."""
+        self._on_dead = on_timeout
         if self.mode != "bypass" and timeout > 0:
             self.relay.start_watchdog(timeout, on_timeout)
 
     def close_all(self) -> None:
         self.relay.close_all()
+        for call_id in list(self._webrtc):
+            self.close(call_id)
+
+    @property
+    def webrtc_sessions(self) -> int:
+        return len(self._webrtc)

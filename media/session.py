@@ -39,6 +39,9 @@ class MediaSession(Protocol):
         ``from_a`` is who made the offer.
         """
 
+    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
+        """Send a DTMF digit toward the buyer as RFC 4733; False when this media cannot."""
+
     def close(self) -> None:
         """Free ports and sockets; idempotent."""
 
@@ -67,6 +70,9 @@ class PassthroughSession:
 
     def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
         return sdp
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
+        return False
 
     def close(self) -> None:
         return None

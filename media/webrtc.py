@@ -73,7 +73,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aioice import Candidate
 from aioice.candidate import candidate_foundation, candidate_priority
@@ -90,6 +90,7 @@ from aiortc import (
 from aiortc.rtcicetransport import candidate_from_aioice
 
 from media import sdp
+from media.dtmf import DTMF_EVENTS, parse_dtmf_info
 from media.errors import InvalidStateError, MediaError, SdpError
 from media.ports import PortAllocator
 from media.relay import CallMediaStats, DirectionStats
@@ -118,7 +119,6 @@ DTLS_PROTOS = frozenset({"UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP", "TCP/TLS/RTP/S
 #: RFC 8122 hash functions aiortc can check (X509_DIGEST_ALGORITHMS).
 FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
 #: RFC 4733 §3.2 event codes for the DTMF digits.
-DTMF_EVENTS = {d: i for i, d in enumerate("0123456789*#ABCD")}
 
 _RTP_HEADER = struct.Struct("!BBHII")
 _EVENT = struct.Struct("!BBH")
@@ -552,6 +552,21 @@ class _HostProtocol(StunProtocol):
 # The session
 
 
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def _endpoint(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], _P], sock: socket.socket
+) -> _P:
+    """A datagram endpoint on an already bound socket, which is closed if that fails."""
+    try:
+        _, protocol = await loop.create_datagram_endpoint(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
+
+
 class _Plain(asyncio.DatagramProtocol):
     """The buyer-facing RTP (or RTCP) socket."""
 
@@ -692,12 +707,12 @@ class WebRtcSession:
         plain_port, rtp_sock, rtcp_sock = _allocate_bound(self._ports, self.media_ip)
         self._port_list.append(plain_port)
         self.plain_port = plain_port
-        _, self._plain_rtp = await loop.create_datagram_endpoint(
-            lambda: _Plain(self, False), sock=rtp_sock
-        )
-        _, self._plain_rtcp = await loop.create_datagram_endpoint(
-            lambda: _Plain(self, True), sock=rtcp_sock
-        )
+        try:
+            self._plain_rtp = await _endpoint(loop, lambda: _Plain(self, False), rtp_sock)
+        except BaseException:
+            rtcp_sock.close()
+            raise
+        self._plain_rtcp = await _endpoint(loop, lambda: _Plain(self, True), rtcp_sock)
         ice_port, ice_sock, spare = _allocate_bound(self._ports, self.media_ip)
         spare.close()  # the odd port stays allocated, unused: rtcp-mux is mandatory
         self._port_list.append(ice_port)
@@ -706,9 +721,8 @@ class WebRtcSession:
         # An empty server list: aiortc's default would send STUN to a public server.
         self._gatherer = RTCIceGatherer(iceServers=[])
         connection = self._gatherer._connection
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: _HostProtocol(connection, self.media_ip), sock=ice_sock
-        )
+        protocol = await _endpoint(loop, lambda: _HostProtocol(connection, self.media_ip), ice_sock)
+        connection._protocols.append(protocol)  # closed with the connection from here on
         host = self.config.advertise_ip or self.media_ip
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),
@@ -729,7 +743,6 @@ class WebRtcSession:
             except Exception as exc:  # STUN is best effort; host candidates still work
                 logger.info("stun failed", extra={"call_id": self.call_id, "reason": str(exc)})
         # What aioice's gather_candidates would have set (we gathered ourselves).
-        connection._protocols.append(protocol)
         connection._local_candidates.extend(local)
         connection._local_candidates_start = True
         connection._local_candidates_end = True
@@ -1024,6 +1037,9 @@ class WebRtcSession:
                 self._ice.remove_all_listeners()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._ice.stop(), 2.0)
+            elif self._gatherer is not None:  # _start failed half-way
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._gatherer._connection.close(), 2.0)
             for plain in (self._plain_rtp, self._plain_rtcp):
                 if plain is not None:
                     with contextlib.suppress(TimeoutError):
@@ -1114,6 +1130,8 @@ class WebRtcSession:
 
     def _from_browser(self, packet: Any) -> None:
         """A decrypted RTP packet from the browser (an aiortc RtpPacket)."""
+        if self._closed:
+            return
         self._last_browser_rx = self._loop.time()
         counters = self._a_to_b
         counters.seq.update(packet.sequence_number)
@@ -1140,6 +1158,8 @@ class WebRtcSession:
         counters.bytes += len(data)
 
     def _from_buyer(self, data: bytes, addr: Any, rtcp: bool) -> None:
+        if self._closed:
+            return
         counters = self._b_to_a
         buyer = self.buyer
         if buyer is None:
@@ -1261,30 +1281,3 @@ async def open_webrtc(
     return session
 
 
-def parse_dtmf_info(content_type: str | None, body: bytes) -> tuple[str, int] | None:
-    """A DTMF digit and duration (ms) from a SIP INFO body, or None if it carries none.
-
-    ``application/dtmf-relay`` (``Signal=5``, ``Duration=160``) and ``application/dtmf``
-    (just the digit or event code), as JsSIP, SIP.js and most phones send them.
-    """
-    ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", "replace")
-    if ctype == "application/dtmf-relay":
-        digit, duration = "", 160
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            key, value = key.strip().lower(), value.strip()
-            if key == "signal":
-                digit = value
-            elif key == "duration" and value.isdigit():
-                duration = int(value)
-    elif ctype == "application/dtmf":
-        digit, duration = text.strip(), 160
-        if digit.isdigit() and int(digit) in range(10, 16):
-            digit = "0123456789*#ABCD"[int(digit)]
-    else:
-        return None
-    digit = digit.upper()
-    if len(digit) != 1 or digit not in DTMF_EVENTS:
-        return None
-    return digit, max(40, min(duration, 5000))

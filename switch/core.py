@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from compliance.numbers import normalize
 from exchange.cdr import Disposition, HangupSide
 from exchange.routing import CallFacts, Target
+from media.dtmf import parse_dtmf_info
 from media.errors import MediaError
 from media.session import MediaSession
 from switch.call import Attempt, Call, CallState, disposition_for_failure
@@ -202,13 +203,22 @@ class SwitchCore:
         self._drain(now)
 
     def end_call(self, call_id: str, disposition: Disposition, now: float) -> None:
-        """The switch ends a call itself (media timeout): BYE both legs."""
+        """The switch ends a call itself (media timeout, a browser whose media died).
+
+        Answered: BYE both legs. Still ringing: the buyer attempt is cancelled and the caller
+        gets 480.
+        """
         self._now = now
         call = self.calls.get(call_id)
-        if call is None or call.state is not CallState.ANSWERED:
+        if call is None:
             return
-        call.disposition = disposition
-        self._bye_both(call, HangupSide.SYSTEM, now, from_a=None)
+        if call.state is CallState.ANSWERED:
+            call.disposition = disposition
+            self._bye_both(call, HangupSide.SYSTEM, now, from_a=None)
+        elif call.state in (CallState.CALLING, CallState.EARLY):
+            self._abandon_attempt(call, now)
+            self._final_to_a(call, 480, "Temporarily Unavailable", rule=disposition.value)
+            self._end(call, Disposition.FAILED, HangupSide.SYSTEM, 480)
         self._drain(now)
 
     def handle_timer(self, now: float) -> None:
@@ -454,6 +464,12 @@ class SwitchCore:
             self._respond(ev.tx, req, 481, "Call/Transaction Does Not Exist")
             return
         extra = [(k, v) for k in ("content-type",) if (v := req.headers.get(k)) is not None]
+        if req.method == "INFO" and from_a and call.media is not None:
+            dtmf = parse_dtmf_info(req.headers.get("content-type"), req.body)
+            if dtmf is not None and call.media.send_dtmf(*dtmf):
+                # The browser's keypad as SIP INFO: the buyer gets RFC 4733 in its media.
+                self._respond(ev.tx, req, 200, "OK")
+                return
         body = req.body
         if body and call.media is not None and req.method in ("INVITE", "UPDATE"):
             try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,10 @@ from switch.decide import CallDecider
 from switch.effects import RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest
 from switch.peer import Peer
+from switch.phone import add_phone_routes
 from switch.timers import TimerConfig
 from switch.transport import TcpHub, UdpTransport
+from switch.websocket import WsHub
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +54,36 @@ REALM = "dce"
 class TrunkAdmitter:
     """Adapts switch/admission.py to the core: source IP/CIDR first, then digest."""
 
-    def __init__(
-        self, config: ExchangeConfig, secret: bytes, algorithms: tuple[str, ...]
-    ) -> None:
+    def __init__(self, config: ExchangeConfig, secret: bytes, algorithms: tuple[str, ...]) -> None:
         self.auth = DigestAuthenticator(REALM, secret, algorithms=algorithms)
         self.admission: Admission[Any] = Admission(config.trunks)
 
+        self.ws_trunk: Callable[[Peer], str | None] = lambda peer: None
+        self._tokens: dict[str, str] = {}
+        self.update(config)
+
     def update(self, config: ExchangeConfig) -> None:
         self.admission = Admission(config.trunks)
+        self._tokens = {t.ws_token: t.id for t in config.trunks if t.ws_token and t.active}
+
+    def ws_token(self, request: web.Request) -> str | None:
+        """WebSocket upgrade check: no token -> "" (digest decides), known -> trunk, else None."""
+        token = request.query.get("token")
+        if token is None:
+            return ""
+        for known, trunk_id in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return trunk_id
+        return None
 
     def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
+        if peer.transport in ("ws", "wss"):
+            trunk_id = self.ws_trunk(peer)
+            if trunk_id:
+                return AdmitResult(trunk_id=trunk_id)
         result = self.admission.admit(
-            peer.host,
+            # Browsers are never admitted by source address: only a token or digest.
+            "" if peer.transport in ("ws", "wss") else peer.host,
             req.headers.get("authorization") or req.headers.get("proxy-authorization"),
             req.method,
             now,
@@ -95,9 +117,11 @@ class Switch:
         self.cdr_writer: Any = None
         self.router: Exchange | None = None
         self.admin_token = ""
-        self.admitter = TrunkAdmitter(
-            config, secrets.token_bytes(32), settings.digest_algorithms
+        self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms)
+        self.ws = WsHub(
+            self._feed, self.transmit, self._ws_closed, token_check=self.admitter.ws_token
         )
+        self.admitter.ws_trunk = self.ws.trunk_of
         self.media = MediaManager(
             mode=settings.media_mode,
             media_ip=settings.media_ip,
@@ -165,6 +189,7 @@ class Switch:
             server.close()
         if self.tcp is not None:
             self.tcp.close()
+        await self.ws.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._timer is not None:
@@ -289,6 +314,8 @@ class Switch:
                 self.udp.send(data, peer.host, peer.port)
             elif peer.transport == "tcp" and self.tcp is not None:
                 self.tcp.send(data, peer)
+            elif peer.transport in ("ws", "wss"):
+                self.ws.send(data, peer)
             else:
                 logger.warning("no transport for peer", extra={"peer": str(peer)})
         while (effect := core.next_effect()) is not None:
@@ -328,7 +355,12 @@ class Switch:
         media: MediaSession | None = None
         if outcome.targets:
             try:
-                media = await self.media.open(effect.call_id, effect.offer, effect.source_ip)
+                media = await self.media.open(
+                    effect.call_id,
+                    effect.offer,
+                    effect.source_ip,
+                    webrtc=effect.facts.source == "webrtc",
+                )
             except MediaError as exc:
                 # 488 for an offer we cannot anchor, 503 when no RTP ports are free.
                 outcome = RouteOutcome(
@@ -343,6 +375,10 @@ class Switch:
         if not self.core.route_done(effect.call_id, outcome, self.loop.time(), media):
             self.media.close(effect.call_id)  # the caller gave up while we were routing
         self.transmit()
+
+    def _ws_closed(self, peer: Peer) -> None:
+        """A browser's socket closed (or it vanished): end its calls."""
+        self.core.connection_closed(peer, self.loop.time())
 
     def _media_timeout(self, call_id: str) -> None:
         self.core.end_call(call_id, Disposition.MEDIA_TIMEOUT, self.loop.time())
@@ -374,6 +410,8 @@ class Switch:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sip", self.ws.handle)  # SIP over WebSocket (RFC 7118)
+        add_phone_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = self.settings.http_listen
