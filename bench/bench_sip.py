@@ -15,7 +15,9 @@ The ladder stops at the first step that is not clean. Per step it prints: clean?
 calls/s (SIPp CallRate), p50/p99 INVITE->200 at the caller (from a packet capture of the caller
 leg, microsecond timestamps; SIPp's own RTT file is ms-granular and shown beside it), CPU per
 call (utime+stime of the switch process from /proc/PID/stat over the step / calls), peak CPU
-and peak RSS. At the end: the best clean rate against the targets (>= 1,000 calls/s clean,
+and peak RSS, and "other": how busy core 1 was with anything but the switch (the external
+PostgreSQL, or other people's processes: above ~10 % the figures are not the switch's own). At
+the end: the best clean rate against the targets (>= 1,000 calls/s clean,
 <= 600 us CPU per call) and against Kamailio (1,250) and Sippy (150) from peers-bench.md.
 
 Database: a fresh database on --database-url (default $DCE_BENCH_DATABASE_URL, else
@@ -74,6 +76,7 @@ class Step:
     cpu_avg_pct: float = 0.0
     cpu_peak_pct: float = 0.0
     rss_peak_mib: float = 0.0
+    core1_other_pct: float = 0.0  # core 1 busy time not spent by the switch (other load)
     uac: dict[str, int] = field(default_factory=dict)
     uas: dict[str, int] = field(default_factory=dict)
     cdrs: int = 0
@@ -203,6 +206,15 @@ def _pids_of_data_dir(data_dir: Path) -> list[int]:
     return pids
 
 
+def core_busy_seconds(core: int) -> float:
+    """Busy time of one CPU core (all but idle and iowait) from /proc/stat, in seconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            v = [int(x) for x in line.split()[1:]]
+            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 class Sampler(threading.Thread):
     """Samples the switch's CPU time and RSS every 0.25 s: peak 1-second CPU, peak RSS."""
 
@@ -242,7 +254,9 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
     data_dir = Path(tempfile.mkdtemp(prefix=f"dce-bench-{rate}-"))
     sw = Switch(out, config, database_url=db_url, data_dir=data_dir, name="dce",
                 env={"DCE_LOG_LEVEL": args.log_level, "DCE_MAX_CALLS": "100000",
-                     "DCE_RING_TIMEOUT": "30s"})
+                     "DCE_RING_TIMEOUT": "30s",
+                     # 10,000 RTP ports (two pairs per call) rather than the tests' 200
+                     "DCE_RTP_PORTS": args.rtp_ports})
     tmo = int(calls / rate + 30)
     sipp = helpers.SIPP or "sipp"
     pcap = out / "caller-leg.pcap"
@@ -276,6 +290,7 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
             time.sleep(0.3)
         sampler = Sampler(sw)
         cpu0 = sw.cpu_seconds()
+        core0 = core_busy_seconds(int(SWITCH_CORE))
         sampler.start()
         t0 = time.monotonic()
         uac_cmd = ["taskset", "-c", PEER_CORE, sipp, "-sf", str(helpers.SCENARIOS / "uac.xml"),
@@ -294,6 +309,7 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
                 uac_rc = -9
         step.elapsed_s = time.monotonic() - t0
         cpu1 = sw.cpu_seconds()
+        core1 = core_busy_seconds(int(SWITCH_CORE))
         sampler.stop_event.set()
         sampler.join(2)
         try:
@@ -320,6 +336,8 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
         step.cpu_per_call_us = (cpu1 - cpu0) / calls * 1e6
         step.cpu_avg_pct = 100 * (cpu1 - cpu0) / max(step.elapsed_s, 1e-9)
         step.cpu_peak_pct = 100 * sampler.peak_cpu
+        step.core1_other_pct = max(0.0, 100 * ((core1 - core0) - (cpu1 - cpu0))
+                                   / max(step.elapsed_s, 1e-9))
         step.rss_peak_mib = sampler.peak_rss_kib / 1024
         rtt = sipp_rtt(out)
         if rtt:
@@ -387,8 +405,9 @@ def print_step(s: Step) -> None:
           f"{fmt(s.p50_us, '>8.0f')} {fmt(s.p99_us, '>8.0f')} "
           f"{fmt(s.sipp_p50_ms, '>5.0f')}/{fmt(s.sipp_p99_ms, '<5.0f')} "
           f"{s.cpu_per_call_us:>8.0f} {s.cpu_avg_pct:>5.0f}% {s.cpu_peak_pct:>5.0f}% "
-          f"{s.rss_peak_mib:>7.1f} {s.cdrs:>7}"
-          + ("" if s.clean else "   " + "; ".join(s.why)), flush=True)
+          f"{s.rss_peak_mib:>7.1f} {s.cdrs:>7} {s.core1_other_pct:>5.0f}%"
+          + ("" if s.clean else "   " + "; ".join(s.why))
+          + ("   [core 1 shared with other load]" if s.core1_other_pct > 10 else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pcap", dest="pcap", action="store_false",
                    help="no capture of the caller leg (p50/p99 then only from SIPp, in ms)")
     p.add_argument("--log-level", default="warning", help="DCE_LOG_LEVEL of the switch")
+    p.add_argument("--rtp-ports", default="40000-59999", help="DCE_RTP_PORTS of the switch")
     p.add_argument("--out", type=Path, default=None, help="keep per-step files here")
     p.add_argument("--keep", action="store_true", help="keep the packet captures")
     args = p.parse_args(argv)
@@ -422,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
           f"; files in {out}", flush=True)
     print(f"{'rate':>6} {'clean':>5} {'calls/s':>8} {'p50 us':>8} {'p99 us':>8} "
           f"{'sipp ms':>11} {'cpu/call':>8} {'cpu':>6} {'peak':>6} {'RSS MiB':>7} "
-          f"{'cdrs':>7}", flush=True)
+          f"{'cdrs':>7} {'other':>6}", flush=True)
     steps: list[Step] = []
     try:
         for rate in args.rates:

@@ -259,26 +259,31 @@ def test_digest_wrong_password_403(sw: Switch, workdir: Path) -> None:
     assert out.final is not None and out.final.status == 403, out
 
 
-def test_digest_sipp_md5(sw: Switch, ports: dict[str, int], workdir: Path) -> None:
-    """SIPp's own digest code (MD5 only) against the switch's challenge.
+@pytest.fixture(scope="module")
+def sw_md5_first(switches: Any, ports: dict[str, int], sipp: str) -> Switch:
+    """A second switch offering MD5 first (DCE_DIGEST_ALGORITHMS=MD5,SHA-256) for SIPp."""
+    config = {
+        "trunks": [helpers.ip_trunk(), helpers.digest_trunk(DIGEST_USER, DIGEST_PASS)],
+        "campaigns": [helpers.campaign("main", ["+" + CALLED])],
+        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{ports['P1']}"])],
+    }
+    return switches(config, name="calls-md5", env={"DCE_DIGEST_ALGORITHMS": "MD5,SHA-256"})
 
-    SIPp 3.6 answers the first WWW-Authenticate it finds and aborts when that one is not MD5
-    ("createAuthHeader: authentication must use MD5 or AKAv1-MD5"). RFC 8760 §2.4 has the
-    switch offer SHA-256 first, so this is an interop limit of SIPp, reported as xfail; the
-    Python caller above covers both algorithms.
+
+def test_digest_sipp_md5(sw_md5_first: Switch, ports: dict[str, int], workdir: Path) -> None:
+    """SIPp's own digest code against the switch's challenge.
+
+    SIPp 3.6 answers the first WWW-Authenticate it finds and aborts unless it is MD5
+    ("createAuthHeader: authentication must use MD5 or AKAv1-MD5"), while by default the switch
+    offers SHA-256 first (RFC 8760 §2.4). A trunk peer like that needs
+    DCE_DIGEST_ALGORITHMS=MD5,SHA-256, which is what this switch runs with.
     """
-    buyer_proc = start_uas(workdir, "uas.xml", ports["P1"], name="uas-sipp-digest")
-    try:
-        caller = run_uac(workdir, "uac-digest.xml", sw.sip_addr, name="uac-digest",
-                         extra=["-au", DIGEST_USER, "-ap", DIGEST_PASS], local_ip="127.0.0.2")
-        if not caller.ok and "must use MD5" in caller.text("_err.log"):
-            pytest.xfail("SIPp 3.6 digest is MD5-only and takes the first challenge, which is "
-                         "SHA-256 (RFC 8760 order)")
-        buyer = buyer_proc.wait(15)
-    finally:
-        buyer_proc.kill()
-    assert caller.ok, caller.describe()
-    assert buyer.ok, buyer.describe()
+    sw = sw_md5_first
+    caller, (buyer,) = call(workdir, sw, "uac-digest.xml", [("uas.xml", ports["P1"])],
+                            uac_extra=["-au", DIGEST_USER, "-ap", DIGEST_PASS],
+                            local_ip="127.0.0.2")
+    (challenge,) = sip_headers(caller.messages(), "SIP/2.0 401")
+    assert "MD5" in challenge["www-authenticate"], challenge
     check_cdr(sw, caller.call_id, disposition="answered", trunk_id="it-digest", attempts=1,
               b_call_id=b_leg_call_id(buyer))
     sw.wait_idle()
