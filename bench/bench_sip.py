@@ -256,7 +256,7 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
                 env={"DCE_LOG_LEVEL": args.log_level, "DCE_MAX_CALLS": "100000",
                      "DCE_RING_TIMEOUT": "30s",
                      # 10,000 RTP ports (two pairs per call) rather than the tests' 200
-                     "DCE_RTP_PORTS": args.rtp_ports})
+                     "DCE_RTP_PORTS": args.rtp_ports, "DCE_MEDIA_MODE": args.media_mode})
     tmo = int(calls / rate + 30)
     sipp = helpers.SIPP or "sipp"
     pcap = out / "caller-leg.pcap"
@@ -425,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="no capture of the caller leg (p50/p99 then only from SIPp, in ms)")
     p.add_argument("--log-level", default="warning", help="DCE_LOG_LEVEL of the switch")
     p.add_argument("--rtp-ports", default="40000-59999", help="DCE_RTP_PORTS of the switch")
+    p.add_argument("--media-mode", default="relay", choices=("relay", "bypass"),
+                   help="DCE_MEDIA_MODE of the switch: relay anchors RTP (4 sockets per call), "
+                        "bypass is signalling only (what Kamailio and Sippy were measured doing)")
     p.add_argument("--out", type=Path, default=None, help="keep per-step files here")
     p.add_argument("--keep", action="store_true", help="keep the packet captures")
     args = p.parse_args(argv)

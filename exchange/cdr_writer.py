@@ -347,6 +347,10 @@ class CdrWriter:
                 self._spool(batch)
             self._handled += len(batch)
             self._progress.set()
+            if not (closing or self._force or len(self._queue) >= self._batch_size):
+                # Rows that arrived during the write wait for a full batch or the interval:
+                # draining them at once would write a handful of rows per round trip.
+                break
         if closing and self._spool_paths and self._db_ok:
             await self._replay()  # final attempt, so a clean shutdown leaves no spool behind
         self._progress.set()

@@ -388,16 +388,12 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
             raise SipParseError(f"Malformed status code {code[:10]!r}")
         msg = SipResponse(int(code), reason.strip(), headers, body)
-        # What the transaction layer matches on (top Via, CSeq) must be sound, and From/To
-        # when present: a response mangling one is dropped here, at the edge (§18.1.2),
-        # rather than failing deep inside a transaction. Call-ID may be missing: a 400 to a
-        # request that had none cannot carry one.
+        # What the transaction layer matches on (top Via, CSeq) must be sound: a response
+        # mangling one is dropped here, at the edge (§18.1.2), rather than failing deep inside
+        # a transaction. From/To stay lazy (most responses never need them parsed); the core
+        # drops a message whose late-read header turns out broken.
         msg.via  # noqa: B018 - validates now
         msg.cseq  # noqa: B018
-        if headers.get("from") is not None:
-            msg.from_  # noqa: B018
-        if headers.get("to") is not None:
-            msg.to  # noqa: B018
     else:
         parts = start.split(" ")
         if len(parts) != 3 or not parts[0] or not parts[1]:

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import hmac
 import logging
+import math
 import random
 import secrets
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from switch.admission import Admission, Admitted, Challenge
 from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
 from switch.decide import CallDecider
+from switch.eager import start_eager
 from switch.effects import RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest
 from switch.peer import Peer
@@ -49,6 +51,7 @@ from switch.websocket import WsHub
 logger = logging.getLogger(__name__)
 
 REALM = "dce"
+TIMER_GRID = 100  # core timer resolution: 1/100 s
 
 
 class TrunkAdmitter:
@@ -320,14 +323,25 @@ class Switch:
                 logger.warning("no transport for peer", extra={"peer": str(peer)})
         while (effect := core.next_effect()) is not None:
             if isinstance(effect, RouteCall):
-                self._spawn(self._route(effect))
+                # Most decisions never wait (no RTB, in-process caps): no Task for those.
+                task = start_eager(self.loop, self._route(effect))
+                if task is not None:
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             elif isinstance(effect, WriteCdr):
                 self._write_cdr(effect)
         when = core.get_timer()
-        if when != self._timer_at:
+        if when is None:
+            return
+        # SIP timers need no sub-10 ms precision: rounding deadlines up to a 10 ms grid lets
+        # the many transactions of a busy switch share one wake-up. An armed timer that is
+        # due no later than needed is kept (an early wake-up is cheaper than cancelling and
+        # re-creating a handle on every message); only an earlier deadline re-arms it.
+        when = math.ceil(when * TIMER_GRID) / TIMER_GRID
+        if self._timer_at is None or when < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self.loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer = self.loop.call_at(when, self._on_timer)
             self._timer_at = when
 
     def _on_timer(self) -> None:
@@ -335,11 +349,6 @@ class Switch:
         self._timer_at = None
         self.core.handle_timer(self.loop.time())
         self.transmit()
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _route(self, effect: RouteCall) -> None:
         try:

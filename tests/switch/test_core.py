@@ -483,3 +483,15 @@ def test_no_state_is_left_behind(scenario: object) -> None:
     scenario(h)  # type: ignore[operator]
     assert len(h.cdrs()) == 1
     assert_clean(h)
+
+
+def test_response_with_a_header_broken_beyond_the_top_via_is_dropped() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    bad = make_response(b_inv, 180, "Ringing", to_tag="t1").to_bytes().replace(
+        b"To: <sip:buyer@127.0.0.1:5070>;tag=t1", b"To: <sip:buyer@127.0.0.1:5070;tag=t1")
+    h.feed(B1, bad)
+    assert h.take(A) == []  # nothing relayed
+    assert h.core.stats["malformed_responses"] == 1
+    answer(h, B1, b_inv, 200)  # the call still completes with a sound response
+    assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]

@@ -220,10 +220,8 @@ def test_random_header_values_never_crash(value: str) -> None:
          "To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: one INVITE\r\n\r\n", "CSeq"),
         ("SIP/2.0 200 OK\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
          "Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n", "Via"),
-        ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b\r\n"
-         "To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n", "<"),
     ],
-    ids=["bad-via", "bad-cseq", "no-via", "unterminated-from"],
+    ids=["bad-via", "bad-cseq", "no-via"],
 )
 def test_malformed_responses_are_refused_at_parse(raw: str, fragment: str) -> None:
     with pytest.raises(SipParseError) as info:
