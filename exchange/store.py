@@ -24,13 +24,14 @@ import hashlib
 import importlib.resources
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
 
+from compliance.consent import ConsentRecord
 from exchange.cdr import Cdr
 from exchange.errors import ExchangeError
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
@@ -50,6 +51,61 @@ _JSON = msgspec.json.Encoder()
 
 class StoreError(ExchangeError):
     """A store operation failed for a reason the operator must fix (the message says which)."""
+
+
+class StoreConflict(StoreError):
+    """A write collides with stored data: a duplicate id or API key (the API answers 409)."""
+
+    status = 409
+
+
+class StoreNotFound(StoreError):
+    """A write names a parent that does not exist, e.g. an endpoint of a missing buyer (404)."""
+
+    status = 404
+
+
+# Document tables of the admin API; names are interpolated into SQL, so only these are allowed.
+DocTable = Literal["trunks", "campaigns"]
+ChildTable = Literal["endpoints", "profiles"]
+_DOC_TABLES = frozenset({"trunks", "campaigns"})
+_CHILD_TABLES = frozenset({"endpoints", "profiles"})
+# CDR columns for list views: everything but the (large) auction record.
+CDR_LIST_COLUMNS: tuple[str, ...] = tuple(c for c in CDR_COLUMNS if c != "auction")
+_CDR_LIST_SQL = ", ".join(CDR_LIST_COLUMNS)
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+class ErasedRows(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows a GDPR erasure rewrote in the database."""
+
+    cdrs: int
+    consents: int
+
+
+def _table(name: str, allowed: frozenset[str]) -> str:
+    if name not in allowed:
+        raise ValueError(f"not an admin API table: {name!r}")  # our bug, never user input
+    return name
+
+
+def scrub(value: Any, pattern: re.Pattern[str], replacement: str) -> Any:
+    """``value`` (decoded JSON) with every match of ``pattern`` in its strings replaced."""
+    if isinstance(value, str):
+        return pattern.sub(replacement, value)
+    if isinstance(value, list):
+        return [scrub(v, pattern, replacement) for v in value]
+    if isinstance(value, dict):
+        return {
+            scrub(k, pattern, replacement): scrub(v, pattern, replacement) for k, v in value.items()
+        }
+    return value
+
+
+def number_pattern(forms: Sequence[str]) -> re.Pattern[str]:
+    """Any of ``forms`` (spellings of one number) not inside a longer run of digits."""
+    alts = "|".join(re.escape(f) for f in sorted(set(forms), key=len, reverse=True))
+    return re.compile(rf"(?<![0-9+])(?:{alts})(?![0-9])")
 
 
 def hash_api_key(api_key: str) -> str:
@@ -173,6 +229,8 @@ _UPSERT_CHILD = (
     "updated_at = now() WHERE {t}.doc IS DISTINCT FROM EXCLUDED.doc "
     "OR {t}.position IS DISTINCT FROM EXCLUDED.position"
 )
+
+_INSERT_CHILD = "INSERT INTO {t} (buyer_id, id, doc, position) VALUES ($1, $2, $3, $4)"
 
 
 class Store:
@@ -386,3 +444,402 @@ class Store:
         async with self.pool.acquire() as conn:
             n = await conn.fetchval("SELECT count(*) FROM cdrs")
         return int(n)
+
+    # -- admin API: trunks and campaigns -----------------------------------------------------
+
+    async def list_docs(self, table: DocTable, kind: type[_S]) -> list[_S]:
+        """Every document of ``table`` in id order, decoded as ``kind``."""
+        t = _table(table, _DOC_TABLES)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f"SELECT doc FROM {t} ORDER BY id")
+        return [msgspec.json.decode(r["doc"], type=kind) for r in rows]
+
+    async def get_doc(self, table: DocTable, obj_id: str, kind: type[_S]) -> _S | None:
+        t = _table(table, _DOC_TABLES)
+        async with self.pool.acquire() as conn:
+            doc = await conn.fetchval(f"SELECT doc FROM {t} WHERE id = $1", obj_id)
+        return None if doc is None else msgspec.json.decode(doc, type=kind)
+
+    async def insert_doc(self, table: DocTable, obj: Trunk | Campaign) -> None:
+        """Store a new object. Raises StoreConflict if its id is taken."""
+        t = _table(table, _DOC_TABLES)
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(f"INSERT INTO {t} (id, doc) VALUES ($1, $2)", obj.id, _doc(obj))
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(f"{t[:-1]} {obj.id!r} already exists") from exc
+
+    async def update_doc(self, table: DocTable, obj: Trunk | Campaign) -> bool:
+        """Replace a stored object; False if there is none with that id."""
+        t = _table(table, _DOC_TABLES)
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                f"UPDATE {t} SET doc = $2, updated_at = now() WHERE id = $1", obj.id, _doc(obj)
+            )
+        return bool(status != "UPDATE 0")
+
+    async def delete_doc(self, table: DocTable, obj_id: str) -> bool:
+        t = _table(table, _DOC_TABLES)
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(f"DELETE FROM {t} WHERE id = $1", obj_id)
+        return bool(status != "DELETE 0")
+
+    # -- admin API: buyers, endpoints, profiles ----------------------------------------------
+
+    async def buyer_for_key(self, key_hash: str) -> str | None:
+        """The id of the buyer whose API key hashes to ``key_hash`` (``hash_api_key``)."""
+        async with self.pool.acquire() as conn:
+            buyer_id = await conn.fetchval(
+                "SELECT id FROM buyers WHERE api_key_hash = $1", key_hash
+            )
+        return None if buyer_id is None else str(buyer_id)
+
+    async def list_buyers(self, only: str | None = None) -> list[Buyer]:
+        """Buyers (or just ``only``) with endpoints and profiles in position order; api_key None."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            where = "" if only is None else " WHERE id = $1"
+            child_where = "" if only is None else " WHERE buyer_id = $1"
+            args = () if only is None else (only,)
+            buyers = await conn.fetch(f"SELECT id, doc FROM buyers{where} ORDER BY id", *args)
+            endpoints = await conn.fetch(
+                f"SELECT buyer_id, doc FROM endpoints{child_where} ORDER BY position, id", *args
+            )
+            profiles = await conn.fetch(
+                f"SELECT buyer_id, doc FROM profiles{child_where} ORDER BY position, id", *args
+            )
+        eps: dict[str, list[Endpoint]] = {r["id"]: [] for r in buyers}
+        profs: dict[str, list[BidProfile]] = {r["id"]: [] for r in buyers}
+        for r in endpoints:
+            eps[r["buyer_id"]].append(msgspec.json.decode(r["doc"], type=Endpoint))
+        for r in profiles:
+            profs[r["buyer_id"]].append(msgspec.json.decode(r["doc"], type=BidProfile))
+        return [
+            msgspec.structs.replace(
+                msgspec.json.decode(r["doc"], type=Buyer),
+                api_key=None,
+                endpoints=eps[r["id"]],
+                profiles=profs[r["id"]],
+            )
+            for r in buyers
+        ]
+
+    async def has_buyer(self, buyer_id: str) -> bool:
+        async with self.pool.acquire() as conn:
+            found = await conn.fetchval("SELECT true FROM buyers WHERE id = $1", buyer_id)
+        return bool(found)
+
+    async def get_buyer(self, buyer_id: str) -> Buyer | None:
+        found = await self.list_buyers(only=buyer_id)
+        return found[0] if found else None
+
+    async def insert_buyer(self, buyer: Buyer, key_hash: str) -> None:
+        """Store a new buyer with its endpoints and profiles, in one transaction.
+
+        Raises:
+            StoreConflict: the id, an endpoint or profile id, or the API key is taken.
+        """
+        bare = msgspec.structs.replace(buyer, api_key=None, endpoints=[], profiles=[])
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO buyers (id, doc, api_key_hash) VALUES ($1, $2, $3)",
+                    buyer.id,
+                    _doc(bare),
+                    key_hash,
+                )
+                if buyer.endpoints:
+                    await conn.executemany(
+                        _INSERT_CHILD.format(t="endpoints"),
+                        [(buyer.id, e.id, _doc(e), i) for i, e in enumerate(buyer.endpoints)],
+                    )
+                if buyer.profiles:
+                    await conn.executemany(
+                        _INSERT_CHILD.format(t="profiles"),
+                        [(buyer.id, p.id, _doc(p), i) for i, p in enumerate(buyer.profiles)],
+                    )
+        except asyncpg.UniqueViolationError as exc:
+            what = "API key" if exc.constraint_name == "buyers_api_key_hash" else "id"
+            raise StoreConflict(f"buyer {buyer.id!r}: {what} already in use") from exc
+
+    async def update_buyer(self, buyer: Buyer, key_hash: str | None = None) -> bool:
+        """Replace a buyer's own fields (its endpoints and profiles are kept); a ``key_hash``
+        replaces its API key. False if there is no such buyer.
+
+        Raises:
+            StoreConflict: the new API key is another buyer's.
+        """
+        bare = msgspec.structs.replace(buyer, api_key=None, endpoints=[], profiles=[])
+        try:
+            async with self.pool.acquire() as conn:
+                status = await conn.execute(
+                    "UPDATE buyers SET doc = $2, api_key_hash = COALESCE($3, api_key_hash), "
+                    "updated_at = now() WHERE id = $1",
+                    buyer.id,
+                    _doc(bare),
+                    key_hash,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(f"buyer {buyer.id!r}: API key already in use") from exc
+        return bool(status != "UPDATE 0")
+
+    async def delete_buyer(self, buyer_id: str) -> bool:
+        """Delete a buyer with its endpoints and profiles (ON DELETE CASCADE)."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute("DELETE FROM buyers WHERE id = $1", buyer_id)
+        return bool(status != "DELETE 0")
+
+    async def list_children(self, table: ChildTable, buyer_id: str, kind: type[_S]) -> list[_S]:
+        """A buyer's endpoints or profiles in position (failover) order."""
+        t = _table(table, _CHILD_TABLES)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT doc FROM {t} WHERE buyer_id = $1 ORDER BY position, id", buyer_id
+            )
+        return [msgspec.json.decode(r["doc"], type=kind) for r in rows]
+
+    async def get_child(
+        self, table: ChildTable, buyer_id: str, obj_id: str, kind: type[_S]
+    ) -> _S | None:
+        t = _table(table, _CHILD_TABLES)
+        async with self.pool.acquire() as conn:
+            doc = await conn.fetchval(
+                f"SELECT doc FROM {t} WHERE buyer_id = $1 AND id = $2", buyer_id, obj_id
+            )
+        return None if doc is None else msgspec.json.decode(doc, type=kind)
+
+    async def insert_child(
+        self, table: ChildTable, buyer_id: str, obj: Endpoint | BidProfile
+    ) -> None:
+        """Append an endpoint or profile after the buyer's last one.
+
+        Raises:
+            StoreConflict: the buyer already has one with this id.
+            StoreNotFound: there is no such buyer.
+        """
+        t = _table(table, _CHILD_TABLES)
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    f"INSERT INTO {t} (buyer_id, id, doc, position) SELECT $1, $2, $3, "
+                    f"COALESCE((SELECT max(position) + 1 FROM {t} WHERE buyer_id = $1), 0)",
+                    buyer_id,
+                    obj.id,
+                    _doc(obj),
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(
+                f"{t[:-1]} {obj.id!r} of buyer {buyer_id!r} already exists"
+            ) from exc
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise StoreNotFound(f"no buyer {buyer_id!r}") from exc
+
+    async def update_child(
+        self, table: ChildTable, buyer_id: str, obj: Endpoint | BidProfile
+    ) -> bool:
+        """Replace an endpoint or profile in place (its position is kept)."""
+        t = _table(table, _CHILD_TABLES)
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                f"UPDATE {t} SET doc = $3, updated_at = now() WHERE buyer_id = $1 AND id = $2",
+                buyer_id,
+                obj.id,
+                _doc(obj),
+            )
+        return bool(status != "UPDATE 0")
+
+    async def delete_child(self, table: ChildTable, buyer_id: str, obj_id: str) -> bool:
+        t = _table(table, _CHILD_TABLES)
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                f"DELETE FROM {t} WHERE buyer_id = $1 AND id = $2", buyer_id, obj_id
+            )
+        return bool(status != "DELETE 0")
+
+    # -- admin API: CDR queries --------------------------------------------------------------
+
+    async def list_cdrs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        buyer_id: str | None = None,
+        disposition: str | None = None,
+        campaign_id: str | None = None,
+        trunk_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """CDRs newest first (``received_at`` then ``call_id`` descending), without ``auction``.
+
+        ``since`` is inclusive and ``until`` exclusive; ``before`` is a keyset cursor: only rows
+        strictly after it in this order (the last row of the previous page).
+        """
+        conds: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if since is not None:
+            conds.append(f"received_at >= {arg(since)}")
+        if until is not None:
+            conds.append(f"received_at < {arg(until)}")
+        for column, value in (
+            ("buyer_id", buyer_id),
+            ("disposition", disposition),
+            ("campaign_id", campaign_id),
+            ("trunk_id", trunk_id),
+        ):
+            if value is not None:
+                conds.append(f"{column} = {arg(value)}")
+        if before is not None:
+            conds.append(f"(received_at, call_id) < ({arg(before[0])}, {arg(before[1])})")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        sql = (
+            f"SELECT {_CDR_LIST_SQL} FROM cdrs{where} "
+            f"ORDER BY received_at DESC, call_id DESC LIMIT {arg(limit)}"
+        )
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [dict(r) for r in rows]
+
+    # -- consent records ---------------------------------------------------------------------
+
+    async def insert_consent(self, record: ConsentRecord) -> None:
+        """Store a new consent record. Raises StoreConflict if its id is taken."""
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO consents (id, caller, campaign_id, doc) VALUES ($1, $2, $3, $4)",
+                    record.id,
+                    record.caller,
+                    record.campaign_id,
+                    _doc(record),
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(f"consent {record.id!r} already exists") from exc
+
+    async def update_consent(self, record: ConsentRecord) -> bool:
+        """Replace a stored record (a revocation); False if there is none with that id."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE consents SET caller = $2, campaign_id = $3, doc = $4, updated_at = now() "
+                "WHERE id = $1",
+                record.id,
+                record.caller,
+                record.campaign_id,
+                _doc(record),
+            )
+        return bool(status != "UPDATE 0")
+
+    async def get_consent(self, record_id: str) -> ConsentRecord | None:
+        async with self.pool.acquire() as conn:
+            doc = await conn.fetchval("SELECT doc FROM consents WHERE id = $1", record_id)
+        return None if doc is None else msgspec.json.decode(doc, type=ConsentRecord)
+
+    async def list_consents(
+        self,
+        *,
+        caller: str | None = None,
+        campaign_id: str | None = None,
+        after_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[ConsentRecord]:
+        """Consent records in id order, filtered; ``after_id`` is a keyset cursor."""
+        conds: list[str] = []
+        args: list[Any] = []
+        for cond, value in (
+            ("caller = ${}", caller),
+            ("campaign_id = ${}", campaign_id),
+            ("id > ${}", after_id),
+        ):
+            if value is not None:
+                args.append(value)
+                conds.append(cond.format(len(args)))
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        sql = f"SELECT doc FROM consents{where} ORDER BY id"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [msgspec.json.decode(r["doc"], type=ConsentRecord) for r in rows]
+
+    async def load_consents(self) -> list[ConsentRecord]:
+        """Every consent record, to fill the compliance gate's ConsentStore at start."""
+        return await self.list_consents()
+
+    # -- GDPR erasure ------------------------------------------------------------------------
+
+    async def load_suppressions(self) -> dict[str, list[str]]:
+        """Erased numbers' hashes -> the DNC lists they stay blocked on (for ``Suppression``)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT hash, scope FROM suppressions ORDER BY hash")
+        return {r["hash"]: list(r["scope"]) for r in rows}
+
+    async def erase_caller(
+        self, forms: Sequence[str], replacement: str, scope: Sequence[str]
+    ) -> ErasedRows:
+        """Replace a caller number by ``replacement`` in CDRs and consent records, and keep a
+        suppression entry ``replacement`` -> ``scope``, all in one transaction.
+
+        ``forms`` are the number's spellings (E.164 first, then e.g. without the plus). CDRs
+        whose ``caller`` is one of them get ``replacement`` there and in every string of their
+        auction record; consent records likewise, in every field.
+        """
+        pattern = number_pattern(forms)
+        wanted = list(forms)
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT call_id, received_at, auction FROM cdrs WHERE caller = ANY($1::text[]) "
+                "FOR UPDATE",
+                wanted,
+            )
+            if rows:
+                await conn.executemany(
+                    "UPDATE cdrs SET caller = $1, auction = $2::jsonb "
+                    "WHERE call_id = $3 AND received_at = $4",
+                    [
+                        (
+                            replacement,
+                            None
+                            if r["auction"] is None
+                            else _JSON.encode(
+                                scrub(msgspec.json.decode(r["auction"]), pattern, replacement)
+                            ).decode(),
+                            r["call_id"],
+                            r["received_at"],
+                        )
+                        for r in rows
+                    ],
+                )
+            consents = await conn.fetch(
+                "SELECT id, doc FROM consents WHERE caller = ANY($1::text[]) FOR UPDATE", wanted
+            )
+            if consents:
+                await conn.executemany(
+                    "UPDATE consents SET caller = $2, doc = $3::jsonb, updated_at = now() "
+                    "WHERE id = $1",
+                    [
+                        (
+                            r["id"],
+                            replacement,
+                            _JSON.encode(
+                                scrub(msgspec.json.decode(r["doc"]), pattern, replacement)
+                            ).decode(),
+                        )
+                        for r in consents
+                    ],
+                )
+            await conn.execute(
+                "INSERT INTO suppressions (hash, scope) VALUES ($1, $2::text[]) "
+                "ON CONFLICT (hash) DO UPDATE SET scope = ARRAY(SELECT DISTINCT s FROM "
+                "unnest(suppressions.scope || EXCLUDED.scope) AS s ORDER BY s), updated_at = now()",
+                replacement,
+                sorted(set(scope)),
+            )
+        return ErasedRows(cdrs=len(rows), consents=len(consents))

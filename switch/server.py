@@ -29,6 +29,7 @@ from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
+from exchange.api import load_compliance, mount_api
 from exchange.cdr import Cdr, Disposition
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
@@ -153,6 +154,8 @@ class Switch:
         await self._open_database()
         self.router = self._build_router()
         self.decider = CallDecider(self._build_gate(), self.router, self.config)
+        # Consent records and erasure suppressions live in the database (admin API).
+        await load_compliance(self.store, self.decider.gate, self._secret("erasure_secret"))
         self.media.start_watchdog(s.media_timeout, self._media_timeout)
         self._background.append(self.loop.create_task(self._watch_dnc()))
         self.admin_token = self._admin_token()
@@ -385,6 +388,13 @@ class Switch:
             self.media.close(effect.call_id)  # the caller gave up while we were routing
         self.transmit()
 
+    async def _reload_exchange(self) -> None:
+        """The admin API changed exchange objects: they apply from the next call on."""
+        config = await self.store.load_exchange()
+        self.decider.update(config)  # compiles first; raises and keeps the old one if invalid
+        self.admitter.update(config)
+        self.config = config
+
     def _ws_closed(self, peer: Peer) -> None:
         """A browser's socket closed (or it vanished): end its calls."""
         self.core.connection_closed(peer, self.loop.time())
@@ -421,6 +431,11 @@ class Switch:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sip", self.ws.handle)  # SIP over WebSocket (RFC 7118)
         add_phone_routes(app)
+        mount_api(
+            app, self.store, admin_token=self.admin_token, on_change=self._reload_exchange,
+            gate=self.decider.gate, wall=lambda: datetime.now(UTC),
+            dnc_dir=self.settings.data_dir / "dnc", flush_cdrs=self.cdr_writer.flush,
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = self.settings.http_listen

@@ -1,0 +1,223 @@
+"""The admin API under test: a real HTTP server on 127.0.0.1 over a real PostgreSQL schema.
+
+``api`` seeds two buyers (b1, b2, each with an endpoint e1 and a profile p1), two trunks and
+two campaigns, and serves ``exchange.api`` exactly as the switch mounts it. ``on_change``
+compiles what is stored, as the switch's reload does, and counts the calls.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from compliance.check import Gate
+from compliance.erasure import Suppression
+from exchange.api import mount_api
+from exchange.auction import compile_index
+from exchange.cdr import Cdr, Disposition
+from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
+from exchange.store import Store, cdr_record
+from tests.conftest import FakeClock
+
+ADMIN_TOKEN = "admin-" + "a" * 40
+KEY_B1 = "bk_test_b1_" + "1" * 24
+KEY_B2 = "bk_test_b2_" + "2" * 24
+TOKENS: dict[str, str | None] = {
+    "admin": ADMIN_TOKEN,
+    "own": KEY_B1,  # b1 is "own" in every table: the objects under test are b1's
+    "other": KEY_B2,
+    "none": None,
+    "bad": "not-a-token-anyone-has-0000000000",
+}
+CALLER = "+12125551234"
+
+
+def seed_config() -> ExchangeConfig:
+    def buyer(bid: str, key: str) -> Buyer:
+        return Buyer(
+            id=bid,
+            name=f"Buyer {bid}",
+            api_key=key,
+            endpoints=[Endpoint(id="e1", uri=f"sip:{bid}@192.0.2.10")],
+            profiles=[BidProfile(id="p1", campaign_id="c1", bid=Decimal("10.50"))],
+        )
+
+    return ExchangeConfig(
+        trunks=[
+            Trunk(id="t1", name="Seller One", source_ips=["192.0.2.0/24"]),
+            Trunk(id="t2", name="Seller Two", username="u", password="p"),
+        ],
+        campaigns=[
+            Campaign(id="c1", name="Auto", numbers=["+18005550100"], reserve=Decimal("1.25")),
+            Campaign(id="c2", name="Home", numbers=["+18005550200"]),
+        ],
+        buyers=[buyer("b1", KEY_B1), buyer("b2", KEY_B2)],
+    )
+
+
+def make_cdr(
+    i: int,
+    *,
+    at: datetime,
+    buyer_id: str | None = "b1",
+    caller: str = CALLER,
+    disposition: Disposition = Disposition.ANSWERED,
+    campaign_id: str | None = "c1",
+    trunk_id: str | None = "t1",
+    auction: dict[str, Any] | None = None,
+) -> Cdr:
+    return Cdr(
+        call_id=f"call-{i:05d}",
+        a_call_id=f"a-{i}@192.0.2.1",
+        trunk_id=trunk_id,
+        caller=caller,
+        called="+18005550100",
+        caller_state="NY",
+        received_at=at,
+        answered_at=at + timedelta(seconds=2),
+        ended_at=at + timedelta(seconds=62),
+        duration_ms=60_000,
+        disposition=disposition,
+        sip_status=200,
+        campaign_id=campaign_id,
+        buyer_id=buyer_id,
+        endpoint="sip:b1@192.0.2.10",
+        bid=10_500_000,
+        price=7_250_000,
+        payout=5_075_000,
+        billable=True,
+        attempts=1,
+        compliance=["dnc:pass"],
+        auction=auction,
+    )
+
+
+def auction_record() -> dict[str, Any]:
+    """An auction record shaped like exchange/auction.py's, b1 winning over b2."""
+    return {
+        "campaign_id": "c1",
+        "rule": "second_price",
+        "reserve": "1.250000",
+        "ranking": "ev",
+        "tie_break": "x",
+        "seq": 7,
+        "eligible": ["b1/p1", "b2/p1"],
+        "excluded": {"b3/p9": "hours"},
+        "bids": {"b1/p1": "10.500000", "b2/p1": "7.250000"},
+        "order": [
+            {"buyer_id": "b1", "profile_id": "p1", "bid": "10.500000", "price": "7.250000"},
+            {"buyer_id": "b2", "profile_id": "p1", "bid": "7.250000", "price": "1.250000"},
+        ],
+        "winner": {"buyer_id": "b1", "profile_id": "p1", "bid": "10.500000", "price": "7.250000"},
+        "price": "7.250000",
+        "fallback": [],
+        "elapsed_us": 12,
+        # Not in today's records; erasure must reach the number wherever it appears.
+        "note": f"caller {CALLER} via rtb",
+    }
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class Api:
+    client: TestClient[web.Request, web.Application]
+    store: Store
+    gate: Gate
+    clock: FakeClock
+    dnc_dir: Path
+    changes: list[ExchangeConfig] = field(default_factory=list)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        who: str = "admin",
+        json: Any = None,
+        data: bytes | str | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        h = dict(headers or {})
+        token = TOKENS[who]
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        body: bytes | str | None = data
+        if json is not None:
+            body = msgspec.json.encode(json)
+            h.setdefault("Content-Type", "application/json")
+        if content_type is not None:
+            h["Content-Type"] = content_type
+        async with self.client.request(method, path, data=body, headers=h) as resp:
+            raw = await resp.read()
+            parsed = msgspec.json.decode(raw) if raw else None
+            return Reply(resp.status, parsed, dict(resp.headers))
+
+    async def insert_cdrs(self, cdrs: list[Cdr]) -> None:
+        """Rows as the CDR writer's COPY writes them (exchange.store.cdr_record)."""
+        months = {(c.received_at.year, c.received_at.month) for c in cdrs}
+        for y, m in months:
+            await self.store.ensure_partitions(datetime(y, m, 1, tzinfo=UTC), months_ahead=0)
+        async with self.store.pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                "cdrs",
+                records=[cdr_record(c) for c in cdrs],
+                columns=list(Cdr.__struct_fields__),
+                schema_name=self.store.schema,
+            )
+
+    async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        async with self.store.pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+
+
+@pytest.fixture
+async def api(database_url: str, pg_schema: str, tmp_path: Path) -> AsyncIterator[Api]:
+    store = Store(schema=pg_schema, max_size=4)
+    await store.connect(database_url)
+    await store.migrate()
+    await store.load_config(seed_config())
+    clock = FakeClock()
+    gate = Gate(suppression=Suppression(secrets.token_bytes(32)))
+    changes: list[ExchangeConfig] = []
+
+    async def on_change() -> None:
+        cfg = await store.load_exchange()
+        compile_index(cfg)  # what the switch's reload does; raises if the API let junk in
+        changes.append(cfg)
+
+    root = web.Application()
+    mount_api(
+        root,
+        store,
+        admin_token=ADMIN_TOKEN,
+        on_change=on_change,
+        gate=gate,
+        wall=clock.wall,
+        dnc_dir=tmp_path / "dnc",
+    )
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(root, host="127.0.0.1")
+    )
+    await client.start_server()
+    try:
+        yield Api(client, store, gate, clock, tmp_path / "dnc", changes)
+    finally:
+        await client.close()
+        await store.close()
