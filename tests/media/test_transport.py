@@ -19,9 +19,11 @@ from media.ports import PortAllocator
 from media.relay import Leg
 from media.sdp import MediaEndpoint
 from media.transport import RelayManager, RelaySession
+from tests.integration.helpers import free_port_range
 
 # Away from DCE_RTP_PORTS' default and from bench/bench_relay.py's range.
-LOW, HIGH = 36000, 36999
+# Above the kernel's ephemeral range: no outgoing socket anywhere can hold one of these.
+LOW, HIGH = free_port_range(1000)
 
 
 class Peer(asyncio.DatagramProtocol):
@@ -340,7 +342,7 @@ async def test_cancelled_open_leaks_nothing() -> None:
 
 
 async def test_ipv6_media_address() -> None:
-    mgr = RelayManager("::1", PortAllocator(37600, 37619, random.Random(1)))
+    mgr = RelayManager("::1", PortAllocator(*free_port_range(20), random.Random(1)))
     loop = asyncio.get_running_loop()
     session = await mgr.open_session("v6")
     a, b = await peer("::1"), await peer("::1")

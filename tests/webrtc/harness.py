@@ -31,6 +31,7 @@ from switch.message import SipRequest, SipResponse, make_response, parse_message
 from switch.peer import Peer
 from switch.phone import add_phone_routes
 from switch.websocket import WsHub
+from tests.integration.helpers import free_port_range
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +73,13 @@ class Buyer:
     events: list[int] = field(default_factory=list)  # RFC 4733 event codes (first packet each)
     payload_types: set[int] = field(default_factory=set)
     rtp_from: set[tuple[str, int]] = field(default_factory=set)
-    port: int = 0
+    port: int = 0  # the SIP port: given (a config names it), or 0 for any free one
     rtp_port: int = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         t1, self._sip = await loop.create_datagram_endpoint(
-            lambda: _Udp(self._on_sip), local_addr=("127.0.0.1", 0)
+            lambda: _Udp(self._on_sip), local_addr=("127.0.0.1", self.port)
         )
         t2, self._rtp = await loop.create_datagram_endpoint(
             lambda: _Udp(self._on_rtp), local_addr=("127.0.0.1", 0)
@@ -216,7 +217,7 @@ class MiniSwitch:
         targets: list[str],
         *,
         token_check: Callable[[web.Request], str | None] | None = None,
-        rtp_ports: tuple[int, int] = (40000, 40999),
+        rtp_ports: tuple[int, int] | None = None,
         webrtc: WebRtcConfig | None = None,
         routes: Callable[[web.Application], None] | None = None,
     ) -> None:
@@ -224,7 +225,9 @@ class MiniSwitch:
         self.target_uris = targets
         self.token_check = token_check
         self.loop = asyncio.get_running_loop()
-        self.ports = PortAllocator(*rtp_ports, rng=random.Random(1))
+        # Above the kernel's ephemeral range (free_port_range), so that no outgoing socket of
+        # this or another process can be holding one of these ports.
+        self.ports = PortAllocator(*(rtp_ports or free_port_range(1000)), rng=random.Random(1))
         self.webrtc = webrtc or WebRtcConfig(dead_after=3.0, connect_timeout=15.0)
         self.media: dict[str, WebRtcSession] = {}
         self.cdrs: list[Cdr] = []

@@ -37,6 +37,7 @@ from media.webrtc import (
     parse_dtmf_info,
     parse_offer,
 )
+from tests.integration.helpers import free_port_range
 from tests.webrtc.harness import Buyer, wait_for
 
 CHROME_OFFER = (Path(__file__).parent / "data" / "chrome156_offer.sdp").read_bytes()
@@ -93,7 +94,7 @@ async def test_unusable_offers_get_488(body: bytes, words: str) -> None:
     with pytest.raises(SdpError) as exc:
         parse_offer(body)
     assert exc.value.status == 488 and words in exc.value.reason
-    ports = PortAllocator(41000, 41099)
+    ports = PortAllocator(*free_port_range(100))
     with pytest.raises(SdpError):
         await open_webrtc("c", body, media_ip="127.0.0.1", ports=ports, on_dead=lambda c: None)
     assert ports.free == ports.capacity  # nothing was taken
@@ -224,7 +225,8 @@ def buyer_sdp(buyer: Buyer, codec: int = 0) -> bytes:
 
 @pytest.fixture
 def ports() -> Iterator[PortAllocator]:
-    allocator = PortAllocator(41100, 41199, rng=random.Random(3))
+    # Above the kernel's ephemeral range, so no outgoing socket can hold one of these ports.
+    allocator = PortAllocator(*free_port_range(100), rng=random.Random(3))
     yield allocator
 
 
