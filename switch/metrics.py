@@ -33,6 +33,26 @@ class _SwitchCollector(Collector):
                 yield GaugeMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
             else:
                 yield CounterMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
+        gc_stats = self.switch.gc_pauses
+        for gen in range(3):
+            yield CounterMetricFamily(f"dce_gc_gen{gen}_collections", "collections",
+                                      value=gc_stats.count[gen])
+            yield CounterMetricFamily(f"dce_gc_gen{gen}_seconds", "time spent collecting",
+                                      value=gc_stats.total[gen])
+            yield GaugeMetricFamily(f"dce_gc_gen{gen}_max_pause_seconds", "longest pause",
+                                    value=gc_stats.longest[gen])
+        media = self.switch.media
+        totals = media.relay.totals()
+        yield GaugeMetricFamily("dce_media_sessions_active", "relayed calls",
+                                value=totals.sessions_active + media.webrtc_sessions)
+        for name in ("packets", "bytes", "malformed", "foreign", "unroutable", "lost"):
+            yield CounterMetricFamily(f"dce_media_{name}", f"relay {name}",
+                                      value=getattr(totals, name))
+        yield GaugeMetricFamily("dce_media_ports_free", "free RTP port pairs",
+                                value=totals.ports_free)
+        for name, value in self.switch.ws.stats.as_dict().items():
+            if isinstance(value, int):
+                yield GaugeMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
         writer = self.switch.cdr_writer
         if writer is not None:
             for name in ("written", "spooled", "replayed", "failed"):

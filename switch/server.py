@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +111,7 @@ class Switch:
         self.db_kind = "none"
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.gc_pauses = GcPauses()
         self._tasks: set[asyncio.Task[Any]] = set()  # per-call work (routing)
         self._background: list[asyncio.Task[Any]] = []  # runs until stop()
         self.udp: UdpTransport | None = None
@@ -167,11 +169,15 @@ class Switch:
         tcp_server = await self.loop.create_server(self.tcp.factory, host, port, reuse_address=True)
         self._servers = [udp_transport, tcp_server]
         await self._start_http()
-        # Everything allocated so far lives as long as the process: keep the collector off it,
-        # and let young generations grow, since a call allocates many short-lived objects.
+        # Everything allocated so far lives as long as the process: keep the collector off it.
+        # Young generations keep CPython's sizes: larger ones mean fewer collections but
+        # pauses of hundreds of ms under load (measured: gen1 0.8 s at 20,000), and every
+        # pause stalls every call. Full collections, which walk every live call, are made
+        # ten times rarer (measured: up to 0.45 s each with thousands of calls up).
         gc.collect()
         gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
+        gc.set_threshold(700, 10, 100)
+        gc.callbacks.append(self.gc_pauses.callback)
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
@@ -454,6 +460,26 @@ class Switch:
         from switch.metrics import render
 
         return web.Response(body=render(self), content_type="text/plain", charset="utf-8")
+
+
+class GcPauses:
+    """Garbage-collector pauses per generation, for /metrics (a pause stalls every call)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info["generation"]
+        pause = time.perf_counter() - self._started
+        self.count[gen] += 1
+        self.total[gen] += pause
+        self.longest[gen] = max(self.longest[gen], pause)
 
 
 def _redact(dsn: str) -> str:
