@@ -24,9 +24,11 @@ What it does
   short of CPU queues in socket buffers for seconds before it drops, so zero loss alone
   overstates capacity). CPU is the relay process's own time from ``/proc/PID/schedstat``.
 
-The printout ends with the highest N that kept up for each variant and their ratio. If core 1
-was busy with other work during a step (``/proc/stat`` shows more busy time than the relay
-used), the step is marked, since the figures are then low.
+The printout ends with the highest N that kept up for each variant and their ratio. The
+machine is shared: a step during which the relay's core was busy with other work (``/proc/stat``
+shows 10 % more busy time, steal included, than the relay used) or the generator fell behind
+its schedule is "disturbed": re-run up to ``--retries`` times, and never counted as a pass or a
+fail. Variants alternate at each N so that background load hits both alike.
 """
 
 from __future__ import annotations
@@ -277,6 +279,7 @@ class Generator:
             now = time.perf_counter()
             if cpu0 is None and now >= t_warm:
                 cpu0, wall0, core0 = _cpu(relay_pid), time.perf_counter(), _core_busy(relay_core)
+                gen0 = time.process_time()
                 del lat[:]
             if now >= t_end:
                 break
@@ -304,6 +307,7 @@ class Generator:
             if wait > 0.0002:
                 self.poll.poll(wait - 0.0001)
         cpu1, wall1, core1 = _cpu(relay_pid), time.perf_counter(), _core_busy(relay_core)
+        gen_cpu = time.process_time() - gen0
         # Let the tail drain.
         stop = time.perf_counter() + 0.5
         while time.perf_counter() < stop:
@@ -329,6 +333,7 @@ class Generator:
             "core_busy": core_busy,
             "cpu_per_kpps": relay_cpu / (pps / 1000) * 100,  # % of a core per 1,000 pps
             "us_per_packet": relay_cpu / pps * 1e6,
+            "gen_cpu": gen_cpu / wall,
             "gen_late_max_ms": late_max * 1000,
             "gen_late_mean_ms": late_sum / max(1, j) * 1000,
         }
@@ -408,33 +413,56 @@ def bench(
             if not live:
                 break
             for kind in live:
-                relay = procs[kind]
-                opened = relay.call(cmd="open", n=n, a=gen.addrs(gen.a), b=gen.addrs(gen.b))
-                time.sleep(0.2)
-                r = gen.run_step(
-                    n, opened["ports"], args.duration, args.warmup, relay.pid, args.relay_core
-                )
-                closed = relay.call(cmd="close")
-                r["relay_dropped"] = closed["dropped"]
-                r["ok"] = _keeps_up(r, baseline_us)
-                r["others_on_core"] = r["core_busy"] - r["relay_cpu"] > 0.10
+                r = _measure(procs[kind], n, gen, args, baseline_us)
+                for _ in range(args.retries):
+                    if not r["disturbed"]:
+                        break
+                    r = _measure(procs[kind], n, gen, args, baseline_us)  # noisy neighbour
                 results[kind].append(r)
                 _print_row(kind, r, baseline_us)
-                failures[kind] = 0 if r["ok"] else failures[kind] + 1
+                if r["ok"]:
+                    failures[kind] = 0
+                elif not r["disturbed"]:
+                    failures[kind] += 1
     finally:
         for relay in procs.values():
             relay.stop()
     return results
 
 
+def _measure(
+    relay: RelayProcess,
+    n: int,
+    gen: Generator,
+    args: argparse.Namespace,
+    baseline_us: float,
+) -> dict[str, Any]:
+    opened = relay.call(cmd="open", n=n, a=gen.addrs(gen.a), b=gen.addrs(gen.b))
+    time.sleep(0.2)
+    r = gen.run_step(n, opened["ports"], args.duration, args.warmup, relay.pid, args.relay_core)
+    closed = relay.call(cmd="close")
+    r["relay_dropped"] = closed["dropped"]
+    r["ok"] = _keeps_up(r, baseline_us)
+    # Another process (or the hypervisor: steal time counts as busy) took the relay's core,
+    # or the generator itself fell behind its schedule: the step says nothing about the relay.
+    r["others_on_core"] = r["core_busy"] - r["relay_cpu"] > 0.10
+    # (The generator's own CPU is shown but not judged: it busy-polls between sends.)
+    r["disturbed"] = r["others_on_core"] or r["gen_late_mean_ms"] > 1.0
+    return r
+
+
 def _print_row(kind: str, r: dict[str, Any], baseline_us: float) -> None:
     flags = []
     if not r["ok"]:
         flags.append("FALLS BEHIND")
+    if r["disturbed"]:
+        flags.append("DISTURBED (not counted)")
     if r["others_on_core"]:
         flags.append(f"core busy {r['core_busy']:.0%} vs relay {r['relay_cpu']:.0%}")
     if r["gen_late_mean_ms"] > 1.0:
-        flags.append(f"generator late {r['gen_late_mean_ms']:.1f} ms")
+        flags.append(
+            f"generator late {r['gen_late_mean_ms']:.1f} ms, {r['gen_cpu']:.0%} of its core"
+        )
     print(
         f"{kind:5} N={r['n']:4d} {r['pps']:8.0f} pps  lost {r['lost']:6d}  "
         f"added p50 {r['p50_us'] - baseline_us:8.1f} us  p99 {r['p99_us'] - baseline_us:9.1f} us  "
@@ -445,7 +473,7 @@ def _print_row(kind: str, r: dict[str, Any], baseline_us: float) -> None:
 
 
 def _best(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ok = [r for r in results if r["ok"]]
+    ok = [r for r in results if r["ok"] and not r["disturbed"]]
     return max(ok, key=lambda r: r["n"]) if ok else None
 
 
@@ -458,6 +486,9 @@ def main() -> None:
     parser.add_argument("--relay-core", type=int, default=1)
     parser.add_argument("--gen-core", type=int, default=0)
     parser.add_argument("--only", choices=("relay", "bare"))
+    parser.add_argument(
+        "--retries", type=int, default=2, help="re-runs of a step disturbed by other load"
+    )
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

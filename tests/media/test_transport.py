@@ -218,7 +218,8 @@ async def test_garbage_burst_does_not_disturb_other_calls() -> None:
 
 
 async def test_ports_all_free_after_1000_calls() -> None:
-    mgr = manager(37000, 37199)  # 100 pairs: every pair is reused about 20 times
+    low, high = free_port_range(200)
+    mgr = manager(low, high)  # 100 pairs: every pair is reused about 20 times
     cap = mgr.allocator.capacity
     a, b = await peer(), await peer()
     try:
@@ -241,7 +242,7 @@ async def test_ports_all_free_after_1000_calls() -> None:
         assert totals.sessions_opened == 1000 and totals.packets == 10
         # The sockets are really closed: every port in the range binds again.
         await asyncio.sleep(0)
-        for port in range(37000, 37200):
+        for port in range(low, high + 1):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", port))
             s.close()
@@ -252,7 +253,7 @@ async def test_ports_all_free_after_1000_calls() -> None:
 
 
 async def test_exhaustion_refused_without_leak() -> None:
-    mgr = manager(37300, 37303)  # two pairs: exactly one call
+    mgr = manager(*free_port_range(4))  # two pairs: exactly one call
     first = await mgr.open_session("one")
     with pytest.raises(PortsExhausted) as info:
         await mgr.open_session("two")
@@ -272,17 +273,18 @@ async def test_exhaustion_refused_without_leak() -> None:
 
 
 async def test_ports_taken_by_another_process_are_skipped() -> None:
+    low, high = free_port_range(16)  # 8 pairs
     squatters = []
-    for port in range(37400, 37410, 2):  # RTP ports 37400..37408 busy
+    for port in range(low, low + 10, 2):  # the first five RTP ports are busy
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", port))
         squatters.append(s)
     squatter_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    squatter_rtcp.bind(("127.0.0.1", 37411))  # and 37410's RTCP partner
+    squatter_rtcp.bind(("127.0.0.1", low + 11))  # and the sixth pair's RTCP port
     try:
-        mgr = manager(37400, 37415)  # 8 pairs; only 37412 and 37414 usable
+        mgr = manager(low, high)  # only the last two pairs are usable
         session = await mgr.open_session("x")
-        assert sorted(session.ports) == [37412, 37414]
+        assert sorted(session.ports) == [low + 12, low + 14]
         assert mgr.allocator.in_use == 2  # the skipped ones went back to the pool
         with pytest.raises(PortsExhausted):
             await mgr.open_session("y")
@@ -324,7 +326,7 @@ async def test_duplicate_call_id_is_our_bug() -> None:
 
 
 async def test_cancelled_open_leaks_nothing() -> None:
-    mgr = manager(37500, 37519)
+    mgr = manager(*free_port_range(20))
     for yields in range(8):
         task = asyncio.create_task(mgr.open_session(f"c{yields}"))
         for _ in range(yields):
