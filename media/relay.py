@@ -108,6 +108,7 @@ class Stream:
     learn_until: float = _NEVER
     announced: tuple[str, int] | None = None
     latched: Addr | None = None
+    heard_announced: bool = False  # a packet came from exactly ``announced`` since the SDP
     dest: Addr | None = None  # where packets for this leg go: latched, else announced
     last_at: float = _NEVER  # last accepted packet from this leg
     packets: int = 0  # accepted and forwarded
@@ -174,7 +175,13 @@ class Stream:
         elif addr[0] != self.allowed_ip:
             return False
         elif self.latched is not None and now - self.last_at < self.config.relatch_idle:
-            return False  # a live latched source is never replaced (RTP Bleed)
+            # A live latched source is never replaced (RTP Bleed), except by the SDP's own
+            # address while that has not been heard from: another port on the same IP sent
+            # first, and must not keep the stream from the peer that announced it.
+            if self.heard_announced or addr[:2] != self.announced:
+                return False
+        if addr[:2] == self.announced:
+            self.heard_announced = True
         self.latched = addr
         self.dest = addr
         return True
@@ -185,6 +192,7 @@ class Stream:
         """Strict latching on ``allowed_ip``; ``announced`` is where to send until latched."""
         if allowed_ip != self.allowed_ip or announced != self.announced:
             self.latched = None  # the SDP moved: learn again, from the new address only
+            self.heard_announced = False
         self.allowed_ip = allowed_ip
         self.announced = announced
         self.learning = False
@@ -196,6 +204,7 @@ class Stream:
             return  # same SDP as before: keep what was learnt
         self.allowed_ip = None
         self.latched = None
+        self.heard_announced = False
         self.dest = None
         self.announced = announced
         self.learning = True
@@ -214,6 +223,7 @@ class Stream:
         self.announced = None
         self.latched = None
         self.dest = None
+        self.heard_announced = False
 
     @property
     def dropped(self) -> int:

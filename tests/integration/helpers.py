@@ -123,6 +123,45 @@ def port_bound(port: int, host: str = "127.0.0.1", transport: str = "udp") -> bo
     return False
 
 
+def rtp_socket_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """Two bound UDP sockets on ``host``: RTP on an even port, RTCP on the next (RFC 3550 §11).
+
+    Ports come from below the kernel's ephemeral range, like :func:`free_port`.
+    """
+    eph_lo, _ = _ephemeral_range()
+    lo, hi = 10000, min(eph_lo, 32768) - 2
+    for _ in range(500):
+        port = (lo + secrets.randbelow(hi - lo)) & ~1
+        if port in _handed_out or port + 1 in _handed_out:
+            continue
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rtp.bind((host, port))
+            rtcp.bind((host, port + 1))
+        except OSError:
+            rtp.close()
+            rtcp.close()
+            continue
+        _handed_out.update((port, port + 1))
+        for s in (rtp, rtcp):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        return rtp, rtcp
+    raise RuntimeError(f"no free even/odd UDP port pair on {host}")
+
+
+def unbindable_udp_ports(host: str, low: int, high: int) -> list[int]:
+    """The ports of ``low..high`` (inclusive) that cannot be bound for UDP on ``host`` now."""
+    taken = []
+    for port in range(low, high + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                taken.append(port)
+    return taken
+
+
 def wait_bound(port: int, host: str = "127.0.0.1", transport: str = "udp",
                timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
@@ -394,6 +433,12 @@ class Switch:
         assert status == 200, f"/healthz {status}: {body[:200]!r}"
         doc: dict[str, Any] = json.loads(body)
         return doc
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``/metrics``."""
+        status, body = _http_get(self.url + "/metrics", timeout=2.0)
+        assert status == 200, f"/metrics {status}: {body[:200]!r}"
+        return body.decode()
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until the switch reports no live calls (every call of a test has ended)."""

@@ -414,3 +414,17 @@ def test_reinvite_reanchors_on_the_same_ports_and_bumps_version() -> None:
     assert resumed.media[0].port == 40002
     assert int(resumed.origin.sess_version) == int(first.origin.sess_version) + 2
     assert not relay.held and relay.timeout_at(60.0) == 80.0
+
+
+def test_the_announced_address_takes_over_from_another_port_that_spoke_first() -> None:
+    """RTP Bleed before the first packet: a neighbour port on the caller's IP sends first."""
+    relay = CallRelay("127.0.0.1", 40000, 40002)
+    a_rtp = relay.stream(Leg.A)
+    a_rtp.announce("127.0.0.2", ("127.0.0.2", 20000))
+    pkt = bytes([0x80, 0]) + bytes(10) + b"payload"
+    assert a_rtp.receive(pkt, ("127.0.0.2", 40000), 0.0) is None or a_rtp.latched == (
+        "127.0.0.2", 40000)
+    a_rtp.receive(pkt, ("127.0.0.2", 20000), 0.1)  # the announced peer speaks: it wins
+    assert a_rtp.latched == ("127.0.0.2", 20000)
+    a_rtp.receive(pkt, ("127.0.0.2", 40000), 0.2)  # and the neighbour cannot take it back
+    assert a_rtp.latched == ("127.0.0.2", 20000)
