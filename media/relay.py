@@ -174,12 +174,15 @@ class Stream:
             self.learning = False
         elif addr[0] != self.allowed_ip:
             return False
-        elif self.latched is not None and now - self.last_at < self.config.relatch_idle:
+        elif (
+            self.latched is not None
+            and now - self.last_at < self.config.relatch_idle
+            and (self.heard_announced or addr[:2] != self.announced)
+        ):
             # A live latched source is never replaced (RTP Bleed), except by the SDP's own
             # address while that has not been heard from: another port on the same IP sent
             # first, and must not keep the stream from the peer that announced it.
-            if self.heard_announced or addr[:2] != self.announced:
-                return False
+            return False
         if addr[:2] == self.announced:
             self.heard_announced = True
         self.latched = addr
