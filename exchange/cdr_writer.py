@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import time
@@ -54,6 +52,7 @@ import asyncpg
 import msgspec
 
 from exchange.cdr import Cdr
+from exchange.dirlock import try_lock
 from exchange.errors import ExchangeError
 from exchange.store import CDR_COLUMNS, Store, cdr_record, create_partitions, month_of
 
@@ -567,17 +566,9 @@ class CdrWriter:
         return True
 
     def _lock_spool_dir(self) -> None:
-        path = self.spool_dir / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise CdrWriterError(
-                    f"spool dir {self.spool_dir} is used by another writer"
-                ) from None
-            raise
+        fd = try_lock(self.spool_dir / ".lock")
+        if fd is None:
+            raise CdrWriterError(f"spool dir {self.spool_dir} is used by another writer")
         self._lock_fd = fd
 
     def _unlock_spool_dir(self) -> None:

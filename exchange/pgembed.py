@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -74,6 +72,7 @@ from pathlib import Path
 
 import asyncpg
 
+from exchange.dirlock import try_lock
 from exchange.errors import ExchangeError
 
 logger = logging.getLogger(__name__)
@@ -612,16 +611,11 @@ class EmbeddedPostgres:
 
     def _take_dir_lock(self) -> None:
         path = self.data_dir / ".pgembed.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise EmbeddedPostgresError(
-                    f"{self.data_dir} is in use by another running DCE process (lock {path})"
-                ) from None
-            raise
+        fd = try_lock(path)
+        if fd is None:
+            raise EmbeddedPostgresError(
+                f"{self.data_dir} is in use by another running DCE process (lock {path})"
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

@@ -108,6 +108,46 @@ def _open_socket(media_ip: str, port: int) -> socket.socket:
     return sock
 
 
+def bind_pair(
+    media_ip: str, allocator: PortAllocator
+) -> tuple[int, tuple[socket.socket, socket.socket]]:
+    """An even/odd port pair from ``allocator`` with both sockets bound on ``media_ip``.
+
+    Ports another process holds are skipped (and given back at the end of the pool).
+
+    Raises:
+        PortsExhausted: (503) no free pair, or every tried pair was taken by others.
+        MediaError: binding failed for another reason (the address is not ours ...).
+    """
+    skipped: list[int] = []
+    try:
+        for _ in range(_BIND_ATTEMPTS):
+            port = allocator.allocate()
+            try:
+                rtp = _open_socket(media_ip, port)
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    allocator.release(port)
+                    raise MediaError(f"cannot bind {media_ip}:{port}: {exc}") from exc
+                skipped.append(port)  # another process holds it: try the next pair
+                continue
+            try:
+                rtcp = _open_socket(media_ip, port + 1)
+            except OSError as exc:
+                rtp.close()
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    allocator.release(port)
+                    raise MediaError(f"cannot bind {media_ip}:{port + 1}: {exc}") from exc
+                skipped.append(port)
+                continue
+            return port, (rtp, rtcp)
+    finally:
+        # Taken ports go back to the end of the pool: another process may free them later.
+        for port in skipped:
+            allocator.release(port)
+    raise PortsExhausted(f"{_BIND_ATTEMPTS} RTP port pairs in a row are taken by others")
+
+
 class RelaySession:
     """One call's four sockets (A RTP/RTCP, B RTP/RTCP) around its :class:`CallRelay`.
 
@@ -168,7 +208,7 @@ class RelaySession:
         transports: list[asyncio.BaseTransport] = []
         try:
             for _ in range(2):
-                port, pair = cls._bind_pair(media_ip, allocator)
+                port, pair = bind_pair(media_ip, allocator)
                 pairs.append(port)
                 socks.extend(pair)
             relay = CallRelay(media_ip, pairs[0], pairs[1], config)
@@ -199,38 +239,6 @@ class RelaySession:
         a_rtp.out, b_rtp.out = b_rtp.transport, a_rtp.transport
         a_rtcp.out, b_rtcp.out = b_rtcp.transport, a_rtcp.transport
         return cls(call_id, relay, endpoints, (pairs[0], pairs[1]), allocator.release)
-
-    @staticmethod
-    def _bind_pair(
-        media_ip: str, allocator: PortAllocator
-    ) -> tuple[int, tuple[socket.socket, socket.socket]]:
-        skipped: list[int] = []
-        try:
-            for _ in range(_BIND_ATTEMPTS):
-                port = allocator.allocate()
-                try:
-                    rtp = _open_socket(media_ip, port)
-                except OSError as exc:
-                    if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                        allocator.release(port)
-                        raise MediaError(f"cannot bind {media_ip}:{port}: {exc}") from exc
-                    skipped.append(port)  # another process holds it: try the next pair
-                    continue
-                try:
-                    rtcp = _open_socket(media_ip, port + 1)
-                except OSError as exc:
-                    rtp.close()
-                    if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                        allocator.release(port)
-                        raise MediaError(f"cannot bind {media_ip}:{port + 1}: {exc}") from exc
-                    skipped.append(port)
-                    continue
-                return port, (rtp, rtcp)
-        finally:
-            # Taken ports go back to the end of the pool: another process may free them later.
-            for port in skipped:
-                allocator.release(port)
-        raise PortsExhausted(f"{_BIND_ATTEMPTS} RTP port pairs in a row are taken by others")
 
     @property
     def ports(self) -> tuple[int, int]:

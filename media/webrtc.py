@@ -91,10 +91,11 @@ from aiortc.rtcicetransport import candidate_from_aioice
 
 from media import sdp
 from media.dtmf import DTMF_EVENTS, parse_dtmf_info
-from media.errors import InvalidStateError, MediaError, SdpError
+from media.errors import InvalidStateError, SdpError
 from media.ports import PortAllocator
 from media.relay import CallMediaStats, DirectionStats
 from media.rtp import KIND_RTCP, KIND_RTP, SeqStats, classify
+from media.transport import bind_pair
 
 logger = logging.getLogger(__name__)
 
@@ -466,44 +467,6 @@ class WebRtcConfig:
     certificate: RTCCertificate | None = None
 
 
-def _bind(media_ip: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in media_ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((media_ip, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _allocate_bound(
-    ports: PortAllocator, media_ip: str, attempts: int = 8
-) -> tuple[int, socket.socket, socket.socket]:
-    """A port pair from ``ports`` with both sockets bound; ports taken elsewhere are skipped."""
-    skipped: list[int] = []
-    try:
-        for _ in range(attempts):
-            port = ports.allocate()
-            try:
-                rtp = _bind(media_ip, port)
-            except OSError:
-                skipped.append(port)
-                continue
-            try:
-                rtcp = _bind(media_ip, port + 1)
-            except OSError:
-                rtp.close()
-                skipped.append(port)
-                continue
-            return port, rtp, rtcp
-    finally:
-        for p in skipped:
-            ports.release(p)
-    raise MediaError(f"could not bind an RTP port pair on {media_ip} after {attempts} tries")
-
-
 def _reachable(candidate: Candidate, media_ip: str) -> bool:
     """Whether our socket on ``media_ip`` can reach a browser's candidate at all.
 
@@ -704,7 +667,7 @@ class WebRtcSession:
         """Bind sockets, create the host candidate, prepare both SDPs, start ICE."""
         loop = self._loop
         cert = self.config.certificate or RTCCertificate.generateCertificate()
-        plain_port, rtp_sock, rtcp_sock = _allocate_bound(self._ports, self.media_ip)
+        plain_port, (rtp_sock, rtcp_sock) = bind_pair(self.media_ip, self._ports)
         self._port_list.append(plain_port)
         self.plain_port = plain_port
         try:
@@ -713,7 +676,7 @@ class WebRtcSession:
             rtcp_sock.close()
             raise
         self._plain_rtcp = await _endpoint(loop, lambda: _Plain(self, True), rtcp_sock)
-        ice_port, ice_sock, spare = _allocate_bound(self._ports, self.media_ip)
+        ice_port, (ice_sock, spare) = bind_pair(self.media_ip, self._ports)
         spare.close()  # the odd port stays allocated, unused: rtcp-mux is mandatory
         self._port_list.append(ice_port)
         self.ice_port = ice_port
