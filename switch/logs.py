@@ -38,3 +38,5 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log is noise at info for an API polled by monitors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aioice logs every ICE state change at info: several lines per WebRTC call.
+    logging.getLogger("aioice").setLevel(logging.WARNING)

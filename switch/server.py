@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -181,7 +182,9 @@ class Switch:
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
-        print(f"HTTP http://{s.http_listen[0]}:{s.http_listen[1]} (/healthz, /metrics)", flush=True)
+        scheme = "https" if s.tls_cert is not None else "http"
+        print(f"HTTP {scheme}://{s.http_listen[0]}:{s.http_listen[1]} (/api/v1, /healthz, "
+              "/metrics, /sip, /phone)", flush=True)
         print(
             f"RTP  {s.media_ip} ports {s.rtp_ports[0]}-{s.rtp_ports[1]} ({s.media_mode})",
             flush=True,
@@ -445,8 +448,18 @@ class Switch:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = self.settings.http_listen
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._tls_context())
         await site.start()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """HTTPS and wss:// on DCE_HTTP_LISTEN when DCE_TLS_CERT and DCE_TLS_KEY are set
+        (browsers off localhost need a secure origin for WebRTC)."""
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        if cert is None or key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        return context
 
     async def _healthz(self, request: web.Request) -> web.Response:
         body = {

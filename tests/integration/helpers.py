@@ -17,6 +17,7 @@ mocked. Each helper is bounded in time: subprocesses get timeouts, sockets get d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import http.client
@@ -33,14 +34,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 SCENARIOS = ROOT / "sipp_scenarios"
 CALLED = "18005550100"  # campaign number of the default test config, without the plus
 CALLER = "+13122600123"  # From user in every sipp_scenarios/uac*.xml (a valid, assignable number)
@@ -247,6 +249,17 @@ async def _admin_connect(url: str) -> asyncpg.Connection:
         return await asyncpg.connect(_with_database(url, "postgres"), timeout=10)
 
 
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, also when called inside a running loop
+    (an async test): then it runs on a loop of its own in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def create_database(server_url: str, prefix: str = "dce_it") -> str:
     """CREATE DATABASE ``<prefix>_<random>`` on the server of ``server_url``; returns its URL."""
     name = f"{prefix}_{secrets.token_hex(5)}"
@@ -258,7 +271,7 @@ def create_database(server_url: str, prefix: str = "dce_it") -> str:
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    run_sync(go())
     return _with_database(server_url, name)
 
 
@@ -272,7 +285,7 @@ def drop_database(server_url: str, db_url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    run_sync(go())
 
 
 def embedded_dsn(data_dir: Path) -> str:
@@ -292,7 +305,7 @@ def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
         finally:
             await conn.close()
 
-    return asyncio.run(go())
+    return run_sync(go())
 
 
 def wait_cdr(dsn: str, a_call_id: str, timeout: float = 8.0) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
+# `switches` (a real `dce run` per call, torn down with SIGTERM) for test_dce_run.py.
+from tests.integration.conftest import server_url, switches  # noqa: F401
 from tests.webrtc.cdp import Browser, chromium_available
 from tests.webrtc.harness import Buyer
 
