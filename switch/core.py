@@ -543,7 +543,17 @@ class SwitchCore:
         if relay is not None:
             self._relay_response(relay, resp, now)
             return
-        # Responses to our BYEs and CANCELs need nothing more.
+        if resp.status >= 200:
+            # Our BYE is answered: the call can go now, not when the transaction ends
+            # (Timer K), so a finished call's objects do not linger.
+            self._bye_done(tx)
+
+    def _bye_done(self, tx: str) -> None:
+        ended = self._byes.pop(tx, None)
+        if ended is not None:
+            ended.byes_pending -= 1
+            if ended.byes_pending == 0:
+                self._forget(ended)
 
     def _attempt_response(self, call: Call, att: Attempt, resp: SipResponse, now: float) -> None:
         status = resp.status
@@ -734,11 +744,7 @@ class SwitchCore:
     def _on_terminated(self, tx: str) -> None:
         self._drop_attempt(tx)
         self._relays.pop(tx, None)
-        ended = self._byes.pop(tx, None)
-        if ended is not None:
-            ended.byes_pending -= 1
-            if ended.byes_pending == 0:
-                self._forget(ended)
+        self._bye_done(tx)  # a BYE that got no answer at all
         # A CANCEL can only match a live INVITE server transaction, so the map entry goes
         # with the transaction whatever state the call is in.
         self._by_a_tx.pop(tx, None)
@@ -912,7 +918,18 @@ class SwitchCore:
             self._forget(call)
 
     def _forget(self, call: Call) -> None:
+        """Drop every reference to a finished call.
+
+        The INVITE transactions live on for 32 s (RFC 6026 Timers L and M) to absorb
+        retransmissions, but they need nothing from the call: keeping the call reachable
+        from them would hold tens of thousands of finished calls at high rates, each a full
+        object graph for the garbage collector to walk.
+        """
         self.calls.pop(call.call_id, None)
+        self._by_a_tx.pop(call.a_tx, None)
+        call.cdr_extra = {}
+        if call.attempt is not None and not call.attempt.abandoned:
+            self._attempts.pop(call.attempt.tx, None)
         self._pending_ack.pop((call.call_id, True), None)
         self._pending_ack.pop((call.call_id, False), None)
         if call.a_dialog is not None:
