@@ -214,3 +214,12 @@ class Browser:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+async def connected(page: Page, timeout: float = 30) -> None:
+    """Until the /phone page's call is connected; on timeout, fail with the page's events."""
+    try:
+        await page.wait_for("window.dcePhone.state === 'connected'", timeout)
+    except TimeoutError:
+        events = await page.evaluate("JSON.stringify(window.dcePhone.events)")
+        raise AssertionError(f"the page never got connected: {events}") from None

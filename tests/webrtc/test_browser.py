@@ -17,7 +17,7 @@ from aiohttp import web
 
 from exchange.cdr import Disposition, HangupSide
 from tests.integration.helpers import SCENARIOS, free_port
-from tests.webrtc.cdp import Browser, Page
+from tests.webrtc.cdp import Browser, Page, connected
 from tests.webrtc.harness import Buyer, MiniSwitch, wait_for
 
 pytestmark = pytest.mark.slow
@@ -37,14 +37,6 @@ async def phone(browser: Browser, switch: MiniSwitch, query: str = "") -> Page:
     page = await browser.new_page(f"{switch.base_url}/phone{query}")
     await page.wait_for("window.dcePhone !== undefined")
     return page
-
-
-async def connected(page: Page, timeout: float = 30) -> None:
-    try:
-        await page.wait_for("window.dcePhone.state === 'connected'", timeout)
-    except TimeoutError:
-        events = await page.evaluate("JSON.stringify(window.dcePhone.events)")
-        raise AssertionError(f"the page never got connected: {events}") from None
 
 
 async def test_phone_page_calls_a_sipp_buyer_that_echoes(

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from tests.integration import helpers
 from tests.integration.helpers import Switch
-from tests.webrtc.cdp import Browser, Page
+from tests.webrtc.cdp import Browser, Page, connected
 from tests.webrtc.conftest import JSSIP_VERSION
 from tests.webrtc.harness import Buyer, wait_for
 
@@ -217,14 +217,6 @@ async def phone(browser: Browser, dce: Switch, number: str, token: str = TOKEN) 
     page = await browser.new_page(f"{dce.url}/phone?{query}")
     await page.wait_for("window.dcePhone !== undefined")
     return page
-
-
-async def connected(page: Page, timeout: float = 20) -> None:
-    try:
-        await page.wait_for("window.dcePhone.state === 'connected'", timeout)
-    except TimeoutError:
-        events = await page.evaluate("JSON.stringify(window.dcePhone.events)")
-        raise AssertionError(f"the page never got connected: {events}") from None
 
 
 # --------------------------------------------------------------------------------- (1) sipua
