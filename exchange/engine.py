@@ -356,6 +356,26 @@ class Exchange:
 
     # -- settle ------------------------------------------------------------------------------
 
+    def answered(self, facts: CallFacts, target: Target) -> None:
+        """``target`` answered: the other bidders' slots, held for failover, go back now.
+
+        Without this a buyer that only stood in line for a call would stay counted (its
+        concurrency slot taken) for the whole conversation of the buyer that won it.
+        """
+        held = self._calls.get(facts.call_id)
+        if held is None:
+            return
+        key = f"{target.buyer_id}/{target.profile_id or FALLBACK_PROFILE}"
+        keep: list[TakeRequest] = []
+        for req in held.requests:
+            if req.spec.key == key:
+                keep.append(req)
+            else:
+                self._caps.release(
+                    facts.call_id, req, counted=False, spent=0, record_duplicate=False
+                )
+        held.requests = keep
+
     def settle(
         self, facts: CallFacts, target: Target | None, answered: bool, duration_ms: int
     ) -> Settlement:

@@ -39,7 +39,7 @@ from media.errors import MediaError
 from media.session import MediaSession
 from switch.call import Attempt, Call, CallState, disposition_for_failure
 from switch.dialog import Dialog, strip_tag, target_from
-from switch.effects import Effect, RouteCall, RouteOutcome, WriteCdr
+from switch.effects import CallAnswered, Effect, RouteCall, RouteOutcome, WriteCdr
 from switch.errors import SipParseError
 from switch.events import (
     RequestReceived,
@@ -632,6 +632,7 @@ class SwitchCore:
                 self._bad_buyer_sdp(call, att, exc, now)
                 return
         call.state = CallState.ANSWERED
+        self._effects.append(CallAnswered(facts=call.facts, target=att.target))
         if call.media is not None:
             call.media.answered()
         call.answered_mono = now

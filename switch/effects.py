@@ -45,4 +45,11 @@ class RouteOutcome(msgspec.Struct, kw_only=True, gc=False):
     cdr: dict[str, Any] = {}  # extra CDR fields (campaign_id, compliance, fraud_score ...)
 
 
-Effect = RouteCall | WriteCdr
+class CallAnswered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A buyer answered: the exchange frees the slots it held for the other bidders."""
+
+    facts: CallFacts
+    target: Target
+
+
+Effect = RouteCall | WriteCdr | CallAnswered

@@ -43,7 +43,7 @@ from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
 from switch.decide import CallDecider
 from switch.eager import start_eager
-from switch.effects import RouteCall, RouteOutcome, WriteCdr
+from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest
 from switch.peer import Peer
 from switch.phone import add_phone_routes
@@ -341,6 +341,8 @@ class Switch:
                     task.add_done_callback(self._tasks.discard)
             elif isinstance(effect, WriteCdr):
                 self._write_cdr(effect)
+            elif isinstance(effect, CallAnswered) and self.router is not None:
+                self.router.answered(effect.facts, effect.target)
         when = core.get_timer()
         if when is None:
             return

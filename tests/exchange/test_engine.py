@@ -180,6 +180,28 @@ async def test_settle_releases_and_commits_cap_slots() -> None:
     await ex.aclose()
 
 
+async def test_answer_frees_the_failover_bidders_slots_at_once() -> None:
+    caps = InProcessCaps()
+    cfg = config(
+        buyer("a", prof("p1", "10", caps=Caps(concurrent=1))),
+        buyer("b", prof("p1", "4", caps=Caps(concurrent=1))),
+    )
+    ex = Exchange(cfg, caps=caps)
+    d1 = await ex.route(facts("c1"))
+    assert [t.buyer_id for t in d1.targets] == ["a", "b"]
+    assert caps.in_flight("b/p1") == 1  # b stands in line while call 1 rings
+    ex.answered(facts("c1"), d1.targets[0])  # a answers call 1
+    assert caps.in_flight("a/p1") == 1 and caps.in_flight("b/p1") == 0
+    d2 = await ex.route(facts("c2"))  # b is free for the next call during a's conversation
+    assert [t.buyer_id for t in d2.targets] == ["b"]
+    ex.settle(facts("c1"), d1.targets[0], True, 30_000)
+    ex.settle(facts("c2"), d2.targets[0], False, 0)  # b did not answer call 2
+    assert caps.in_flight("a/p1") == 0 and caps.in_flight("b/p1") == 0
+    assert caps.counts("a/p1")[0] == 1  # a's answered call counts toward its hourly cap
+    assert caps.counts("b/p1")[0] == 0  # b's standing in line for call 1 never counted
+
+
+
 @pytest.mark.parametrize(
     ("count_on", "billable_ms", "blocked"),
     [

@@ -10,7 +10,7 @@ import pytest
 from exchange.cdr import Disposition, HangupSide
 from exchange.routing import Target
 from switch.core import AdmitResult, CoreConfig, SwitchCore
-from switch.effects import RouteCall, RouteOutcome, WriteCdr
+from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest, SipResponse, make_response, parse_message
 from switch.peer import Peer
 from switch.timers import TimerConfig
@@ -154,6 +154,9 @@ def test_normal_call_caller_hangs_up() -> None:
     assert h.take(B1) == []  # B's ACK waits for A's ACK (end to end)
     a_resp = a_ok[0]
     assert isinstance(a_resp, SipResponse)
+    # The exchange hears who answered at once (it frees the other bidders' cap slots).
+    (ans,) = [e for e in h.effects if isinstance(e, CallAnswered)]
+    assert ans.target == TARGETS[0]
     h.feed(A, in_dialog("ACK", a_resp, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
     b_ack = h.take(B1)
     assert [m.method for m in b_ack] == ["ACK"]  # type: ignore[union-attr]
