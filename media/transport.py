@@ -95,6 +95,17 @@ class RelayTotals:
     ports_free: int
     ports_capacity: int
 
+    def add(self, stats: CallMediaStats, send_errors: int) -> None:
+        """Add one call's counters (both directions)."""
+        for d in (stats.a_to_b, stats.b_to_a):
+            self.packets += d.packets
+            self.bytes += d.bytes
+            self.malformed += d.malformed
+            self.foreign += d.foreign
+            self.unroutable += d.unroutable
+            self.lost += d.lost
+        self.send_errors += send_errors
+
 
 def _open_socket(media_ip: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in media_ip else socket.AF_INET
@@ -345,15 +356,7 @@ class RelayManager:
         if not session.ports_released:
             self._closing_sessions.add(session)
             session.on_released = self._closing_sessions.discard
-        c = self._closed
-        for d in (stats.a_to_b, stats.b_to_a):
-            c.packets += d.packets
-            c.bytes += d.bytes
-            c.malformed += d.malformed
-            c.foreign += d.foreign
-            c.unroutable += d.unroutable
-            c.lost += d.lost
-        c.send_errors += session.send_errors
+        self._closed.add(stats, session.send_errors)
         return stats
 
     def close_all(self) -> None:
@@ -388,15 +391,7 @@ class RelayManager:
             ports_capacity=self.allocator.capacity,
         )
         for session in self._sessions.values():
-            stats = session.relay.stats()
-            for d in (stats.a_to_b, stats.b_to_a):
-                t.packets += d.packets
-                t.bytes += d.bytes
-                t.malformed += d.malformed
-                t.foreign += d.foreign
-                t.unroutable += d.unroutable
-                t.lost += d.lost
-            t.send_errors += session.send_errors
+            t.add(session.relay.stats(), session.send_errors)
         return t
 
     def timed_out(self, now: float, timeout: float) -> list[str]:

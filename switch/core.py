@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from compliance.numbers import normalize
 from exchange.cdr import Disposition, HangupSide
@@ -48,7 +48,14 @@ from switch.events import (
     TransactionTerminated,
     TransactionTimedOut,
 )
-from switch.message import Headers, SipRequest, SipResponse, make_response, parse_message
+from switch.message import (
+    Headers,
+    SipRequest,
+    SipResponse,
+    header_key,
+    make_response,
+    parse_message,
+)
 from switch.peer import Peer
 from switch.timers import TimerConfig
 from switch.transaction import TransactionLayer
@@ -505,7 +512,7 @@ class SwitchCore:
             if att.ack is None:
                 att.ack = self._b_ack(
                     att,
-                    att.dialog.local_seq if att.dialog else 1,
+                    att.dialog.local_seq,
                     req.body,
                     req.headers.get("content-type"),
                 )
@@ -1179,13 +1186,11 @@ def _stateless_error(data: bytes, exc: SipParseError) -> bytes | None:
         return None
     head = text.split("\r\n\r\n", 1)[0].replace("\r\n", "\n").split("\n")
     keep: dict[str, list[str]] = {"via": [], "from": [], "to": [], "call-id": [], "cseq": []}
-    compact = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
     for line in head[1:]:
         name, sep, value = line.partition(":")
         if not sep:
             continue
-        key = name.strip().lower()
-        key = compact.get(key, key)
+        key = header_key(name)
         if key in keep:
             keep[key].append(value.strip())
     if not keep["via"]:
@@ -1204,7 +1209,3 @@ def _stateless_error(data: bytes, exc: SipParseError) -> bytes | None:
             lines.append(f"{canon}: {value}")
     lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace")
-
-
-def stats_snapshot(core: SwitchCore) -> dict[str, Any]:
-    return dict(core.stats, live_calls=core.live_calls, transactions=len(core.layer))

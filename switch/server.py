@@ -20,7 +20,6 @@ import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -62,13 +61,13 @@ class TrunkAdmitter:
 
     def __init__(self, config: ExchangeConfig, secret: bytes, algorithms: tuple[str, ...]) -> None:
         self.auth = DigestAuthenticator(REALM, secret, algorithms=algorithms)
-        self.admission: Admission[Any] = Admission(config.trunks)
-
+        self.admission: Admission[Any] = Admission(())
         self.ws_trunk: Callable[[Peer], str | None] = lambda peer: None
         self._tokens: dict[str, str] = {}
         self.update(config)
 
     def update(self, config: ExchangeConfig) -> None:
+        """Trunks changed (config file or admin API): rebuild the address and token indexes."""
         self.admission = Admission(config.trunks)
         self._tokens = {t.ws_token: t.id for t in config.trunks if t.ws_token and t.active}
 
@@ -504,7 +503,3 @@ def _redact(dsn: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}@{host}"
-
-
-def data_dir_of(settings: Settings) -> Path:
-    return settings.data_dir
