@@ -11,6 +11,9 @@ COPY media ./media
 COPY exchange ./exchange
 COPY compliance ./compliance
 COPY config ./config
+COPY store ./store
+COPY api ./api
+COPY dce ./dce
 RUN pip install --no-cache-dir . \
     && useradd --system --create-home --home-dir /var/lib/dce dce \
     && chown dce:dce /var/lib/dce

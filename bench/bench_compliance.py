@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compliance.check import CallFacts, Gate
 from compliance.consent import ConsentRecord, ConsentStore
 from compliance.dnc import DncStore
-from exchange.models import CompliancePolicy
+from compliance.policy import CompliancePolicy
 
 NOW = datetime(2026, 5, 1, 17, 0, tzinfo=UTC)  # 13:00 in New York, 10:00 in Seattle
 

@@ -43,8 +43,8 @@ from compliance.errors import InvalidStateError
 from compliance.fraud import FraudScorer
 from compliance.hours import check_hours
 from compliance.numbers import NumberInfo, info, normalize
+from compliance.policy import CompliancePolicy
 from compliance.stir import DEFAULT_MAX_AGE, Attestation, TrustStore, attestation_rank, evaluate
-from exchange.models import CompliancePolicy
 
 __all__ = ["RULES", "CallFacts", "Gate", "Verdict"]
 

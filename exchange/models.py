@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from compliance.policy import CompliancePolicy, TimeRange
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 # msgspec cannot put limits on Decimal, so money fields are checked in __post_init__ below
@@ -21,12 +23,6 @@ Percent = Decimal
 Count = Annotated[int, msgspec.Meta(ge=0)]
 # E.164 with the plus, e.g. "+18005550100"; config and API inputs are normalised before storing.
 E164 = Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
-Attestation = Literal["A", "B", "C"]
-# "HH:MM-HH:MM" in 24-hour time; "00:00-24:00" is the whole day.
-TimeRange = Annotated[
-    str,
-    msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"),
-]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -67,17 +63,6 @@ class Trunk(Model, kw_only=True):
         check_percent(self.payout_share, "payout_share")
         if (self.username is None) != (self.password is None):
             raise ValueError("`username` and `password` must be given together")
-
-
-class CompliancePolicy(Model, kw_only=True):
-    """What the compliance gate checks for a campaign's calls (compliance/check.py)."""
-
-    calling_hours: bool = True
-    hours_window: TimeRange = "08:00-21:00"
-    consent_required: bool = False
-    dnc_lists: list[str] = []
-    min_attestation: Attestation | None = None
-    fraud_threshold: Annotated[int, msgspec.Meta(ge=0, le=100)] = 80
 
 
 class Campaign(Model, kw_only=True):

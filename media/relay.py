@@ -252,7 +252,7 @@ class DirectionStats:
 
 @dataclass(slots=True, frozen=True)
 class CallMediaStats:
-    """A call's media counters; ``cdr_fields()`` gives the columns of ``exchange.cdr.Cdr``."""
+    """A call's media counters; ``cdr_fields()`` gives the columns of ``store.cdr.Cdr``."""
 
     a_to_b: DirectionStats
     b_to_a: DirectionStats

@@ -26,9 +26,9 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from exchange.cdr import Cdr, Disposition, HangupSide
 from exchange.routing import CallFacts, Target
 from media.session import MediaSession
+from store.cdr import Cdr, Disposition, HangupSide
 from switch.dialog import Dialog
 from switch.message import SipRequest
 from switch.peer import Peer

@@ -32,11 +32,11 @@ from datetime import datetime
 from typing import Protocol
 
 from compliance.numbers import normalize
-from exchange.cdr import Disposition, HangupSide
 from exchange.routing import CallFacts, Target
 from media.dtmf import parse_dtmf_info
 from media.errors import MediaError
 from media.session import MediaSession
+from store.cdr import Disposition, HangupSide
 from switch.call import Attempt, Call, CallState, disposition_for_failure
 from switch.dialog import Dialog, strip_tag, target_from
 from switch.effects import CallAnswered, Effect, RouteCall, RouteOutcome, WriteCdr

@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from exchange.cdr import Cdr
 from exchange.routing import CallFacts, Target
+from store.cdr import Cdr
 
 
 class RouteCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -47,7 +47,7 @@ def redis_url() -> str:
     return url
 
 
-# --- PostgreSQL (exchange/pgembed.py, exchange/store.py, exchange/cdr_writer.py) -------------
+# --- PostgreSQL (store/embedded.py, store/database.py, store/writer.py) -------------
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def database_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from exchange.pgembed import EmbeddedPostgres, EmbeddedPostgresError, find_pginstall
+    from store.embedded import EmbeddedPostgres, EmbeddedPostgresError, find_pginstall
 
     try:
         find_pginstall()

@@ -15,8 +15,8 @@ from compliance.consent import ConsentRecord, ConsentStore
 from compliance.dnc import DncStore
 from compliance.erasure import Suppression, erase_caller
 from compliance.errors import InvalidStateError
+from compliance.policy import CompliancePolicy
 from compliance.stir import TrustStore
-from exchange.models import CompliancePolicy
 from tests.compliance.stirkit import make_ca, make_leaf, passport, write_store
 
 # 15:00 UTC on a May Friday: 11:00 in New York, 08:00 in Seattle.

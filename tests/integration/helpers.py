@@ -50,14 +50,14 @@ SIPP = shutil.which("sipp")
 
 
 def dce_command() -> list[str]:
-    """The ``dce`` console script next to this interpreter, else ``python -m switch.cli``."""
+    """The ``dce`` console script next to this interpreter, else ``python -m dce.cli``."""
     script = Path(sys.executable).with_name("dce")
     if script.exists():
         return [str(script)]
     found = shutil.which("dce")
     if found:
         return [found]
-    return [sys.executable, "-c", "import sys; from switch.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from dce.cli import main; sys.exit(main())"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def drop_database(server_url: str, db_url: str) -> None:
 
 def embedded_dsn(data_dir: Path) -> str:
     """The DSN of the switch's embedded PostgreSQL under ``data_dir`` (Unix socket, no TCP)."""
-    from exchange.pgembed import dsn_for, socket_dir_for
+    from store.embedded import dsn_for, socket_dir_for
 
     return dsn_for(socket_dir_for(data_dir.resolve()))
 

@@ -7,7 +7,7 @@ exactly one row per call, and the switch must have spooled some of them (else th
 reached the CDR writer and the test proved nothing).
 
 The database is a fresh one on DCE_TEST_DATABASE_URL's server; without that variable, a
-throwaway embedded PostgreSQL (exchange.pgembed, Unix socket only) started by the test, which
+throwaway embedded PostgreSQL (store.embedded, Unix socket only) started by the test, which
 the proxy reaches through its socket.
 """
 
@@ -41,7 +41,7 @@ def proxied_database(server_url: str | None) -> Iterator[tuple[PgProxy, str, str
         finally:
             helpers.drop_database(server_url, db_url)
         return
-    from exchange.pgembed import PG_PORT, EmbeddedPostgres
+    from store.embedded import PG_PORT, EmbeddedPostgres
 
     data_dir = Path(tempfile.mkdtemp(prefix="dce-it-outage-pg-"))
     embedded = EmbeddedPostgres(data_dir)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cdr import Cdr
 from media import sdp
 from media.relay import CallRelay, Leg, RelayConfig, Stream
 from media.sdp import LegOrigin, MediaEndpoint
+from store.cdr import Cdr
 
 DATA = Path(__file__).parent / "data"
 PRIVATE_SWITCH = "10.0.0.1"

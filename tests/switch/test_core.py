@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exchange.cdr import Disposition, HangupSide
 from exchange.routing import Target
+from store.cdr import Disposition, HangupSide
 from switch.core import AdmitResult, CoreConfig, SwitchCore
 from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest, SipResponse, make_response, parse_message

@@ -1,7 +1,7 @@
 """A small switch for the WebRTC tests: the real SwitchCore fed by the real WsHub, with
 open_webrtc as the media, and a Python SIP buyer that echoes RTP.
 
-This is the wiring the lead puts in switch/server.py, in miniature: ``transmit()`` sends the
+This is the wiring the lead puts in dce/server.py, in miniature: ``transmit()`` sends the
 core's output by ``peer.transport`` (UDP to the buyer, WebSocket to the browser), runs its
 effects (``RouteCall`` opens the WebRTC session and answers with one target; ``WriteCdr``
 closes the session and keeps the CDR) and re-arms the core's single timer.
@@ -20,16 +20,16 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from exchange.cdr import Cdr, Disposition
+from dce.phone import add_phone_routes
 from exchange.routing import Target
 from media.errors import MediaError
 from media.ports import PortAllocator
 from media.webrtc import WebRtcConfig, WebRtcSession, open_webrtc
+from store.cdr import Cdr, Disposition
 from switch.core import AdmitResult, CoreConfig, SwitchCore
 from switch.effects import RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest, SipResponse, make_response, parse_message
 from switch.peer import Peer
-from switch.phone import add_phone_routes
 from switch.websocket import WsHub
 from tests.integration.helpers import free_port_range
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from exchange.cdr import Disposition, HangupSide
+from store.cdr import Disposition, HangupSide
 from tests.integration.helpers import SCENARIOS, free_port
 from tests.webrtc.cdp import Browser, Page, connected
 from tests.webrtc.harness import Buyer, MiniSwitch, wait_for

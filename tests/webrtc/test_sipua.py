@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aioice.ice
 import pytest
 
-from exchange.cdr import Disposition, HangupSide
+from store.cdr import Disposition, HangupSide
 from tests.webrtc.harness import Buyer, MiniSwitch, wait_for
 
 sipua = pytest.importorskip("sipua", reason="sipua not installed (.ci/run: pip install --no-deps)")

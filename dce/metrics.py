@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from switch.server import Switch
+    from dce.server import Switch
 
 _GAUGES = {"live_calls", "transactions"}
 

@@ -1,4 +1,4 @@
-"""exchange/cdr_writer.py against a real PostgreSQL, with a TCP proxy that cuts the link."""
+"""store/writer.py against a real PostgreSQL, with a TCP proxy that cuts the link."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from exchange.cdr import Cdr, Disposition, HangupSide
-from exchange.cdr_writer import CdrWriter, CdrWriterError
-from exchange.store import Store
+from store.cdr import Cdr, Disposition, HangupSide
+from store.database import Store
+from store.writer import CdrWriter, CdrWriterError
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -256,8 +256,8 @@ async def test_spool_of_a_killed_writer_is_replayed_at_next_start(
         from datetime import datetime, UTC
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from exchange.cdr import Cdr
-        from exchange.cdr_writer import CdrWriter
+        from store.cdr import Cdr
+        from store.writer import CdrWriter
 
         async def main():
             w = CdrWriter({UNREACHABLE!r}, Path({str(tmp_path)!r}), timeout=1.0)

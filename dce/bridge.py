@@ -14,8 +14,9 @@ from typing import Any
 
 from compliance.check import CallFacts as GateFacts
 from compliance.check import Gate
+from compliance.policy import CompliancePolicy
 from exchange.engine import Exchange
-from exchange.models import Campaign, CompliancePolicy, ExchangeConfig
+from exchange.models import Campaign, ExchangeConfig
 from switch.effects import RouteCall, RouteOutcome
 
 _DEFAULT_POLICY = CompliancePolicy()

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from exchange.api import API_PREFIX, decode_cursor, encode_cursor
-from exchange.cdr import Disposition
-from tests.exchange.conftest import Api, auction_record, make_cdr
+from api.app import API_PREFIX, decode_cursor, encode_cursor
+from store.cdr import Disposition
+from tests.api.conftest import Api, auction_record, make_cdr
 
 V = API_PREFIX
 T0 = datetime(2026, 10, 31, 20, 0, tzinfo=UTC)  # the pages cross the October/November partitions

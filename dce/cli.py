@@ -155,8 +155,8 @@ class _ProgressBar:
 
 
 def _run(config_path: Path | None) -> int:
+    from dce.logs import setup_logging
     from exchange.models import ExchangeConfig
-    from switch.logs import setup_logging
 
     try:
         file_values = read_config_file(config_path) if config_path else {}
@@ -181,7 +181,7 @@ def _run(config_path: Path | None) -> int:
 
 
 async def _serve(settings: object, exchange: object) -> int:
-    from switch.server import Switch
+    from dce.server import Switch
 
     switch = Switch(settings, exchange)  # type: ignore[arg-type]
     stop = asyncio.Event()

@@ -69,14 +69,7 @@ import msgspec
 from aiohttp import web
 from yarl import URL
 
-from compliance.check import Gate
-from compliance.consent import ConsentRecord
-from compliance.dnc import DEFAULT_MAX_AGE_DAYS, DncImporter
-from compliance.erasure import ALL, erase_caller
-from compliance.errors import ComplianceError, InvalidWindow
-from compliance.hours import parse_window
-from compliance.numbers import normalize
-from exchange.api_models import (
+from api.models import (
     BuyerCreated,
     BuyerList,
     BuyerUpdate,
@@ -98,8 +91,14 @@ from exchange.api_models import (
     ProfileList,
     TrunkList,
 )
+from compliance.check import Gate
+from compliance.consent import ConsentRecord
+from compliance.dnc import DEFAULT_MAX_AGE_DAYS, DncImporter
+from compliance.erasure import ALL, erase_caller
+from compliance.errors import ComplianceError, InvalidWindow
+from compliance.hours import parse_window
+from compliance.numbers import normalize
 from exchange.auction import compile_index
-from exchange.cdr import Disposition
 from exchange.errors import ConfigInvalid, ExchangeError
 from exchange.models import (
     BidProfile,
@@ -109,7 +108,8 @@ from exchange.models import (
     ExchangeConfig,
     Trunk,
 )
-from exchange.store import ChildTable, DocTable, Store, StoreConflict, StoreNotFound, hash_api_key
+from store.cdr import Disposition
+from store.database import ChildTable, DocTable, Store, StoreConflict, StoreNotFound, hash_api_key
 from switch.errors import SipParseError
 from switch.uri import SipUri
 

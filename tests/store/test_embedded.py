@@ -1,4 +1,4 @@
-"""exchange/pgembed.py: real PostgreSQL processes, started, killed and recovered."""
+"""store/embedded.py: real PostgreSQL processes, started, killed and recovered."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from exchange.pgembed import (
+from store.embedded import (
     SOCKET_NAME,
     EmbeddedPostgres,
     EmbeddedPostgresError,
@@ -142,7 +142,7 @@ async def test_kill_9_of_the_owner_then_start_reattaches(data_dir: Path) -> None
         import asyncio, sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from exchange.pgembed import EmbeddedPostgres
+        from store.embedded import EmbeddedPostgres
 
         async def main():
             print(await EmbeddedPostgres(Path({str(data_dir)!r})).start(), flush=True)

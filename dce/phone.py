@@ -1,7 +1,7 @@
 """The softphone page, ``GET /phone`` (SPEC.md "Media": "The switch serves a small softphone
 page at /phone").
 
-The page and its script are the project's own files in ``switch/static/``: no build step, no
+The page and its script are the project's own files in ``dce/static/``: no build step, no
 CDN, no third-party bundle. Its SIP client speaks RFC 7118 to ``ws(s)://<same host>/sip``
 (subprotocol ``sip``) and its media is the browser's WebRTC stack; the switch terminates both
 (switch/websocket.py, media/webrtc.py).

@@ -24,28 +24,28 @@ from typing import Any
 
 from aiohttp import web
 
+from api.app import load_compliance, mount_api
 from compliance.check import Gate
 from compliance.dnc import DncStore
 from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
-from exchange.api import load_compliance, mount_api
-from exchange.cdr import Cdr, Disposition
+from dce.bridge import CallDecider
+from dce.eager import start_eager
+from dce.phone import add_phone_routes
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
 from media.anchor import MediaManager
 from media.errors import MediaError
 from media.session import MediaSession
+from store.cdr import Cdr, Disposition
 from switch.admission import Admission, Admitted, Challenge
 from switch.auth import DigestAuthenticator
 from switch.core import AdmitResult, CoreConfig, SwitchCore
-from switch.decide import CallDecider
-from switch.eager import start_eager
 from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
 from switch.message import SipRequest
 from switch.peer import Peer
-from switch.phone import add_phone_routes
 from switch.timers import TimerConfig
 from switch.transport import TcpHub, UdpTransport
 from switch.websocket import WsHub
@@ -222,12 +222,12 @@ class Switch:
             await self.embedded.stop()
 
     async def _open_database(self) -> None:
-        from exchange.cdr_writer import CdrWriter
-        from exchange.store import Store
+        from store.database import Store
+        from store.writer import CdrWriter
 
         dsn = self.settings.database_url
         if dsn is None:
-            from exchange.pgembed import EmbeddedPostgres
+            from store.embedded import EmbeddedPostgres
 
             self.embedded = EmbeddedPostgres(self.settings.data_dir)
             dsn = await self.embedded.start()
@@ -470,7 +470,7 @@ class Switch:
         return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        from switch.metrics import render
+        from dce.metrics import render
 
         return web.Response(body=render(self), content_type="text/plain", charset="utf-8")
 

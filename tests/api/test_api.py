@@ -1,4 +1,4 @@
-"""exchange/api.py over real HTTP and a real PostgreSQL: authorization, CRUD, bad input, OpenAPI.
+"""api/app.py over real HTTP and a real PostgreSQL: authorization, CRUD, bad input, OpenAPI.
 
 Every route is in the authorization matrix, for five callers: the admin token, b1's key (the
 objects under test are b1's: "own"), b2's key ("other"), no token and an unknown token. A
@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from api.app import API_PREFIX, ROUTES, field_of, merge_patch
 from compliance.consent import ConsentRecord
-from exchange.api import API_PREFIX, ROUTES, field_of, merge_patch
-from exchange.store import hash_api_key
-from tests.exchange.conftest import CALLER, Api, make_cdr
+from store.database import hash_api_key
+from tests.api.conftest import CALLER, Api, make_cdr
 
 V = API_PREFIX
 

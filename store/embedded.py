@@ -72,8 +72,8 @@ from pathlib import Path
 
 import asyncpg
 
-from exchange.dirlock import try_lock
 from exchange.errors import ExchangeError
+from store.dirlock import try_lock
 
 logger = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from exchange.cdr import Cdr
-from exchange.dirlock import try_lock
 from exchange.errors import ExchangeError
-from exchange.store import CDR_COLUMNS, Store, cdr_record, create_partitions, month_of
+from store.cdr import Cdr
+from store.database import CDR_COLUMNS, Store, cdr_record, create_partitions, month_of
+from store.dirlock import try_lock
 
 logger = logging.getLogger(__name__)
 

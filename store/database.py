@@ -1,9 +1,9 @@
 """The PostgreSQL store: migrations, monthly CDR partitions, and the exchange objects.
 
-Works the same on the embedded server (exchange/pgembed.py) and on an external PostgreSQL
+Works the same on the embedded server (store/embedded.py) and on an external PostgreSQL
 (DCE_DATABASE_URL): core features only, no extensions (research/storage.md §4).
 
-* Migrations are ``exchange/migrations/NNNN_name.sql``, applied in name order, each in its own
+* Migrations are ``store/migrations/NNNN_name.sql``, applied in name order, each in its own
   transaction and recorded in ``schema_migrations``. A session advisory lock serialises
   processes that start at once, so each file runs exactly once.
 * ``cdrs`` is partitioned by month of ``received_at`` (UTC). Partitions ``cdrs_YYYY_MM`` are
@@ -32,14 +32,14 @@ import asyncpg
 import msgspec
 
 from compliance.consent import ConsentRecord
-from exchange.cdr import Cdr
 from exchange.errors import ExchangeError
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
 from exchange.money import to_decimal
+from store.cdr import Cdr
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_PACKAGE = "exchange.migrations"
+MIGRATIONS_PACKAGE = "store.migrations"
 # Columns of ``cdrs`` in table order: exactly the fields of Cdr (a test keeps them equal).
 CDR_COLUMNS: tuple[str, ...] = Cdr.__struct_fields__
 _MONEY_IDX = tuple(CDR_COLUMNS.index(f) for f in ("bid", "price", "payout"))

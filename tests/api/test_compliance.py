@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from api.app import API_PREFIX, load_compliance
 from compliance.check import Gate
 from compliance.dnc import DncStore
 from compliance.erasure import ALL, caller_hash
-from exchange.api import API_PREFIX, load_compliance
-from tests.exchange.conftest import CALLER, Api, auction_record, make_cdr
+from tests.api.conftest import CALLER, Api, auction_record, make_cdr
 
 V = API_PREFIX
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -108,7 +108,7 @@ async def test_dnc_import_over_its_limit_is_413(api: Api, tmp_path: object) -> N
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from exchange.api import build_api
+    from api.app import build_api
 
     async def nothing() -> None:
         return None
@@ -284,7 +284,7 @@ async def test_erasure_without_secret_is_503(api: Api) -> None:
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from exchange.api import build_api
+    from api.app import build_api
 
     async def nothing() -> None:
         return None
@@ -309,8 +309,8 @@ async def test_erasure_flushes_queued_cdrs_first(api: Api, tmp_path: Path) -> No
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from exchange.api import build_api
-    from exchange.cdr_writer import CdrWriter
+    from api.app import build_api
+    from store.writer import CdrWriter
 
     async def nothing() -> None:
         return None

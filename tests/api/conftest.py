@@ -1,7 +1,7 @@
 """The admin API under test: a real HTTP server on 127.0.0.1 over a real PostgreSQL schema.
 
 ``api`` seeds two buyers (b1, b2, each with an endpoint e1 and a profile p1), two trunks and
-two campaigns, and serves ``exchange.api`` exactly as the switch mounts it. ``on_change``
+two campaigns, and serves ``api.app`` exactly as the switch mounts it. ``on_change``
 compiles what is stored, as the switch's reload does, and counts the calls.
 """
 
@@ -20,13 +20,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import mount_api
 from compliance.check import Gate
 from compliance.erasure import Suppression
-from exchange.api import mount_api
 from exchange.auction import compile_index
-from exchange.cdr import Cdr, Disposition
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
-from exchange.store import Store, cdr_record
+from store.cdr import Cdr, Disposition
+from store.database import Store, cdr_record
 from tests.conftest import FakeClock
 
 ADMIN_TOKEN = "admin-" + "a" * 40
@@ -170,7 +170,7 @@ class Api:
             return Reply(resp.status, parsed, dict(resp.headers))
 
     async def insert_cdrs(self, cdrs: list[Cdr]) -> None:
-        """Rows as the CDR writer's COPY writes them (exchange.store.cdr_record)."""
+        """Rows as the CDR writer's COPY writes them (store.database.cdr_record)."""
         months = {(c.received_at.year, c.received_at.month) for c in cdrs}
         for y, m in months:
             await self.store.ensure_partitions(datetime(y, m, 1, tzinfo=UTC), months_ahead=0)

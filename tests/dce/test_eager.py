@@ -1,4 +1,4 @@
-"""switch/eager.py: coroutines run now when they can, and finish in a Task when they wait."""
+"""dce/eager.py: coroutines run now when they can, and finish in a Task when they wait."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from switch.eager import start_eager
+from dce.eager import start_eager
 
 
 async def test_a_coroutine_that_never_waits_finishes_at_once_without_a_task() -> None:

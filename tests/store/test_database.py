@@ -1,4 +1,4 @@
-"""exchange/store.py against a real PostgreSQL (DCE_TEST_DATABASE_URL, else embedded)."""
+"""store/database.py against a real PostgreSQL (DCE_TEST_DATABASE_URL, else embedded)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from exchange.models import (
     ExchangeConfig,
     Trunk,
 )
-from exchange.store import CDR_COLUMNS, Store, StoreError, hash_api_key, migrations
+from store.database import CDR_COLUMNS, Store, StoreError, hash_api_key, migrations
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The call detail record: one per inbound call, also for rejected calls (SPEC.md "CDR").
 
-Built by the switch when a call ends and written by the CDR writer (exchange/store.py) off the
+Built by the switch when a call ends and written by the CDR writer (store/database.py) off the
 call path. Money is integer micro-dollars here; the database stores NUMERIC(12,6) USD.
 """
 

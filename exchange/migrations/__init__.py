@@ -1,1 +1,0 @@
-"""SQL migrations, applied in file-name order by exchange.store.Store.migrate()."""
