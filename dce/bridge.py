@@ -1,45 +1,81 @@
-"""One call's decision: the compliance gate, then the auction (SPEC.md call path).
+"""Between the switch core and the business: decide each call, settle it, build its CDR.
 
-``CallDecider.decide`` turns the core's ``RouteCall`` effect into a ``RouteOutcome``: a 403
-with the failed rule when the gate rejects, a 480 when no buyer is eligible, else the ordered
-targets. Either way the CDR fields the decision knows (compliance rules, fraud score,
-attestation, caller state, campaign, auction record, decision time) ride along.
+``route()`` answers the core's ``RouteCall``: the compliance gate first (403 with the failed
+rule), then the exchange's auction (480 when no buyer is eligible, else the ordered targets).
+What the decision knew (compliance rules, fraud score, attestation, caller state, campaign,
+auction record, decision time) is kept per call until ``ended()`` joins it with the core's
+:class:`switch.record.CallRecord`, the settlement (price, payout, billable) and the media
+counters into the one CDR of the call.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from compliance.check import CallFacts as GateFacts
 from compliance.check import Gate
+from compliance.numbers import normalize
 from compliance.policy import CompliancePolicy
 from exchange.engine import Exchange
 from exchange.models import Campaign, ExchangeConfig
-from switch.effects import RouteCall, RouteOutcome
+from exchange.routing import CallFacts, Target
+from store.cdr import Cdr, Disposition
+from switch.calllog import CallLog
+from switch.effects import Rejected, RouteCall, Routed, RouteResult
+from switch.record import CallRecord, Outcome
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = CompliancePolicy()
 
 
-class CallDecider:
+@dataclass(slots=True)
+class Decision:
+    """What routing decided for one call, kept until the call ends."""
+
+    facts: CallFacts
+    targets: list[Target] = field(default_factory=list)
+    disposition: Disposition | None = None  # set when routing refused the call
+    campaign_id: str | None = None
+    compliance: list[str] = field(default_factory=list)
+    fraud_score: int | None = None
+    attestation: str | None = None
+    caller_state: str | None = None
+    decision_us: int | None = None
+    auction: dict[str, Any] | None = None
+
+
+class CallBridge:
     def __init__(self, gate: Gate, exchange: Exchange, config: ExchangeConfig) -> None:
         self.gate = gate
         self.exchange = exchange
         self._campaigns: dict[str, Campaign] = {}
+        self._decisions: dict[str, Decision] = {}
         self.update(config)
 
     def update(self, config: ExchangeConfig) -> None:
         """New config from the next call on (the exchange keeps its own compiled copy)."""
-        self._campaigns = {n: c for c in config.campaigns if c.active for n in c.numbers}
-        self.exchange.update(config)
+        campaigns = {n: c for c in config.campaigns if c.active for n in c.numbers}
+        self.exchange.update(config)  # compiles first; raises and keeps the old one if invalid
+        self._campaigns = campaigns
 
-    def campaign_for(self, called: str) -> Campaign | None:
-        return self._campaigns.get(called)
-
-    async def decide(self, effect: RouteCall, now: datetime) -> RouteOutcome:
+    async def route(self, effect: RouteCall, received_at: datetime) -> RouteResult:
+        """Decide one call: the gate, then the auction."""
         t0 = time.perf_counter_ns()
-        facts = effect.facts
+        facts = CallFacts(
+            call_id=effect.call_id,
+            trunk_id=effect.trunk_id,
+            source=effect.source,
+            caller=normalize(effect.caller) or effect.caller,
+            called=normalize(effect.called) or effect.called,
+            received_at=received_at,
+        )
+        decision = self._decisions[effect.call_id] = Decision(facts=facts)
         campaign = self._campaigns.get(facts.called)
         policy = campaign.compliance if campaign is not None else _DEFAULT_POLICY
         verdict = self.gate.check(
@@ -52,36 +88,124 @@ class CallDecider:
                 pai=effect.pai,
             ),
             policy,
-            now,
+            received_at,
         )
-        cdr: dict[str, Any] = {
-            "campaign_id": campaign.id if campaign is not None else None,
-            "compliance": verdict.rules,
-            "fraud_score": verdict.fraud_score,
-            "attestation": verdict.attestation,
-            "caller_state": verdict.caller_state,
-        }
+        decision.campaign_id = campaign.id if campaign is not None else None
+        decision.compliance = verdict.rules
+        decision.fraud_score = verdict.fraud_score
+        decision.attestation = verdict.attestation
+        decision.caller_state = verdict.caller_state
         if not verdict.allowed:
-            cdr["decision_us"] = (time.perf_counter_ns() - t0) // 1000
-            return RouteOutcome(
-                reject_status=403,
-                reject_reason="Forbidden",
-                rule=verdict.rule or "compliance",
-                disposition=verdict.disposition or "rejected_compliance",
-                cdr=cdr,
+            decision.decision_us = (time.perf_counter_ns() - t0) // 1000
+            decision.disposition = Disposition(verdict.disposition or "rejected_compliance")
+            return Rejected(status=403, reason="Forbidden", rule=verdict.rule or "compliance")
+        routed = await self.exchange.route(facts)
+        decision.decision_us = (time.perf_counter_ns() - t0) // 1000
+        if routed.campaign_id is not None:
+            decision.campaign_id = routed.campaign_id
+        decision.auction = routed.record
+        if not routed.targets:
+            decision.disposition = Disposition.NO_BUYER
+            return Rejected(
+                status=480, reason="Temporarily Unavailable", rule=routed.reason or "no_buyer"
             )
-        decision = await self.exchange.route(facts)
-        cdr["decision_us"] = (time.perf_counter_ns() - t0) // 1000
-        if decision.campaign_id is not None:
-            cdr["campaign_id"] = decision.campaign_id
-        if decision.record is not None:
-            cdr["auction"] = decision.record
-        if not decision.targets:
-            return RouteOutcome(
-                reject_status=480,
-                reject_reason="Temporarily Unavailable",
-                rule=decision.reason or "no_buyer",
-                disposition="no_buyer",
-                cdr=cdr,
+        decision.targets = routed.targets
+        return Routed(targets=[t.uri for t in routed.targets], present_as=facts.caller)
+
+    def failed(self, call_id: str, status: int, rule: str) -> Rejected:
+        """Routing raised (our bug, or a store down): the call fails with ``status``."""
+        decision = self._decisions.get(call_id)
+        if decision is not None:
+            decision.disposition = Disposition.FAILED
+        return Rejected(status=status, reason="Server Internal Error", rule=rule)
+
+    def answered(self, call_id: str, target_index: int) -> None:
+        """A buyer answered: the slots held for the other bidders go back now."""
+        decision = self._decisions.get(call_id)
+        if decision is not None and target_index < len(decision.targets):
+            self.exchange.answered(decision.facts, decision.targets[target_index])
+
+    def abandon(self, call_id: str) -> None:
+        """The call ended while it was being routed: release what routing took."""
+        decision = self._decisions.pop(call_id, None)
+        if decision is not None:
+            self.exchange.settle(decision.facts, None, False, 0)
+
+    def ended(
+        self,
+        record: CallRecord,
+        wall: Callable[[float], datetime],
+        media: dict[str, Any],
+    ) -> Cdr:
+        """The call's CDR: the core's record, the decision, the settlement, the media."""
+        log = CallLog(logger, record.call_id)
+        decision = self._decisions.pop(record.call_id, None)
+        target: Target | None = None
+        index = record.target_index
+        if decision is not None and index is not None and index < len(decision.targets):
+            target = decision.targets[index]
+        answered = record.answered is not None
+        if record.outcome is Outcome.REJECTED:
+            disposition = (
+                decision.disposition
+                if decision is not None and decision.disposition is not None
+                else Disposition.FAILED
             )
-        return RouteOutcome(targets=decision.targets, cdr=cdr)
+        else:
+            disposition = Disposition(record.outcome.value)
+        if decision is not None:
+            facts = decision.facts
+            caller, called = facts.caller, facts.called
+        else:
+            caller = normalize(record.caller) or record.caller
+            called = normalize(record.called) or record.called
+        cdr = Cdr(
+            call_id=record.call_id,
+            a_call_id=record.a_call_id,
+            b_call_id=record.b_call_id,
+            trunk_id=record.trunk_id or None,
+            source=record.source,
+            caller=caller,
+            called=called,
+            received_at=wall(record.received),
+            answered_at=wall(record.answered) if record.answered is not None else None,
+            ended_at=wall(record.ended),
+            duration_ms=record.duration_ms,
+            disposition=disposition,
+            sip_status=record.sip_status,
+            hangup_side=record.hangup_side,
+            buyer_id=target.buyer_id if target is not None else None,
+            endpoint=record.endpoint,
+            attempts=record.attempts,
+            **media,
+        )
+        if decision is not None:
+            cdr.campaign_id = decision.campaign_id
+            cdr.compliance = decision.compliance
+            cdr.fraud_score = decision.fraud_score
+            cdr.attestation = decision.attestation
+            cdr.caller_state = decision.caller_state
+            cdr.decision_us = decision.decision_us
+            cdr.auction = decision.auction
+            if answered and target is not None and record.trunk_id:
+                # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
+                self.gate.record_call_end(
+                    record.trunk_id, record.duration_ms, target.min_duration_s, cdr.ended_at
+                )
+            try:
+                s = self.exchange.settle(decision.facts, target, answered, record.duration_ms)
+            except Exception:
+                log.exception("settlement failed")
+            else:
+                cdr.bid, cdr.price, cdr.payout, cdr.billable = (
+                    s.bid,
+                    s.price,
+                    s.payout,
+                    s.billable,
+                )
+        return cdr
+
+    @property
+    def pending(self) -> int:
+        """Calls decided and not yet ended."""
+        return len(self._decisions)

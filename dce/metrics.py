@@ -6,6 +6,7 @@ never touches a prometheus_client object; a custom collector turns them into met
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -65,3 +66,23 @@ def render(switch: Switch) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SwitchCollector(switch))
     return generate_latest(registry)
+
+
+class GcPauses:
+    """Garbage-collector pauses per generation, for /metrics (a pause stalls every call)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info["generation"]
+        pause = time.perf_counter() - self._started
+        self.count[gen] += 1
+        self.total[gen] += pause
+        self.longest[gen] = max(self.longest[gen], pause)

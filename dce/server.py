@@ -1,107 +1,56 @@
 """Wiring: the sans-IO core, its transports, the database, the exchange and the HTTP side.
 
 ``Switch.start()`` opens the database (embedded or DCE_DATABASE_URL), applies migrations, loads
-the config file's trunks/campaigns/buyers, then listens for SIP (UDP and TCP) and HTTP.
-``transmit()`` is the one place that moves the core's output to sockets and effects to tasks,
-and re-arms the single core timer (aioquic style). ``stop()`` drains: no new calls, BYE for
-live ones, CDRs flushed, the embedded database stopped.
+the config file's trunks/campaigns/buyers, builds the routing bridge (compliance gate and
+exchange), then listens for SIP (UDP and TCP) and HTTP. The SIP side is the sans-IO core fed by
+its pump (dce/pump.py). ``stop()`` drains: no new calls, BYE for live ones, CDRs flushed, the
+embedded database stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
-import math
 import random
 import secrets
 import ssl
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from api.app import load_compliance, mount_api
+from api.app import mount_api
 from compliance.check import Gate
+from compliance.consent import ConsentStore
 from compliance.dnc import DncStore
 from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
-from dce.bridge import CallDecider
-from dce.eager import start_eager
+from dce.admit import TrunkAdmitter
+from dce.bridge import CallBridge
+from dce.metrics import GcPauses
 from dce.phone import add_phone_routes
+from dce.pump import SipPump
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
 from media.anchor import MediaManager
 from media.errors import MediaError
-from media.session import MediaSession
-from store.cdr import Cdr, Disposition
-from switch.admission import Admission, Admitted, Challenge
-from switch.auth import DigestAuthenticator
-from switch.core import AdmitResult, CoreConfig, SwitchCore
-from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
-from switch.message import SipRequest
-from switch.peer import Peer
+from store.database import Store
+from store.writer import CdrWriter
+from switch.context import CoreConfig
+from switch.core import SwitchCore
 from switch.timers import TimerConfig
 from switch.transport import TcpHub, UdpTransport
 from switch.websocket import WsHub
 
 logger = logging.getLogger(__name__)
 
-REALM = "dce"
-TIMER_GRID = 100  # core timer resolution: 1/100 s
-
-
-class TrunkAdmitter:
-    """Adapts switch/admission.py to the core: source IP/CIDR first, then digest."""
-
-    def __init__(self, config: ExchangeConfig, secret: bytes, algorithms: tuple[str, ...]) -> None:
-        self.auth = DigestAuthenticator(REALM, secret, algorithms=algorithms)
-        self.admission: Admission[Any] = Admission(())
-        self.ws_trunk: Callable[[Peer], str | None] = lambda peer: None
-        self._tokens: dict[str, str] = {}
-        self.update(config)
-
-    def update(self, config: ExchangeConfig) -> None:
-        """Trunks changed (config file or admin API): rebuild the address and token indexes."""
-        self.admission = Admission(config.trunks)
-        self._tokens = {t.ws_token: t.id for t in config.trunks if t.ws_token and t.active}
-
-    def ws_token(self, request: web.Request) -> str | None:
-        """WebSocket upgrade check: no token -> "" (digest decides), known -> trunk, else None."""
-        token = request.query.get("token")
-        if token is None:
-            return ""
-        for known, trunk_id in self._tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return trunk_id
-        return None
-
-    def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
-        if peer.transport in ("ws", "wss"):
-            trunk_id = self.ws_trunk(peer)
-            if trunk_id:
-                return AdmitResult(trunk_id=trunk_id)
-        result = self.admission.admit(
-            # Browsers are never admitted by source address: only a token or digest.
-            "" if peer.transport in ("ws", "wss") else peer.host,
-            req.headers.get("authorization") or req.headers.get("proxy-authorization"),
-            req.method,
-            now,
-            self.auth,
-        )
-        if isinstance(result, Admitted):
-            return AdmitResult(trunk_id=result.trunk.id)
-        if isinstance(result, Challenge):
-            return AdmitResult(trunk_id=None, challenge=list(result.headers))
-        return AdmitResult(trunk_id=None, reason=result.reason.replace(" ", "_"))
-
 
 class Switch:
+    """One switch process: the core and its pump, the database, the exchange and HTTP."""
+
     def __init__(self, settings: Settings, config: ExchangeConfig) -> None:
         self.settings = settings
         self.config = config
@@ -109,25 +58,17 @@ class Switch:
         self.rng = random.Random(secrets.randbits(128))
         self.started = False
         self.db_kind = "none"
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self.gc_pauses = GcPauses()
-        self._tasks: set[asyncio.Task[Any]] = set()  # per-call work (routing)
         self._background: list[asyncio.Task[Any]] = []  # runs until stop()
-        self.udp: UdpTransport | None = None
-        self.tcp: TcpHub | None = None
         self._servers: list[Any] = []
         self._runner: web.AppRunner | None = None
         self.embedded: Any = None
         self.store: Any = None
         self.cdr_writer: Any = None
         self.router: Exchange | None = None
+        self.bridge: CallBridge | None = None
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms)
-        self.ws = WsHub(
-            self._feed, self.transmit, self._ws_closed, token_check=self.admitter.ws_token
-        )
-        self.admitter.ws_trunk = self.ws.trunk_of
         self.media = MediaManager(
             mode=settings.media_mode,
             media_ip=settings.media_ip,
@@ -142,11 +83,20 @@ class Switch:
                 ring_timeout=settings.ring_timeout,
                 max_calls=settings.max_calls,
                 timers=TimerConfig(t1=settings.sip_t1),
+                media_error=MediaError,
             ),
             self.admitter,
-            wall=lambda: datetime.now(UTC),
             rng=self.rng,
         )
+        self.pump = SipPump(self.loop, self.core, self.media, self._submit_cdr)
+        self.ws = WsHub(
+            self.pump.feed,
+            self.pump.transmit,
+            self.pump.connection_closed,
+            token_check=self.admitter.ws_token,
+        )
+        self.pump.ws = self.ws
+        self.admitter.ws_trunk = self.ws.trunk_of
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,18 +105,20 @@ class Switch:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self._open_database()
         self.router = self._build_router()
-        self.decider = CallDecider(self._build_gate(), self.router, self.config)
+        self.bridge = CallBridge(self._build_gate(), self.router, self.config)
+        self.pump.bridge = self.bridge
         # Consent records and erasure suppressions live in the database (admin API).
-        await load_compliance(self.store, self.decider.gate, self._secret("erasure_secret"))
-        self.media.start_watchdog(s.media_timeout, self._media_timeout)
+        await load_compliance(self.store, self.bridge.gate, self._secret("erasure_secret"))
+        self.media.start_watchdog(s.media_timeout, self.pump.media_timeout)
         self._background.append(self.loop.create_task(self._watch_dnc()))
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
-        udp_transport, self.udp = await self.loop.create_datagram_endpoint(
-            lambda: UdpTransport(self._feed, self.transmit), local_addr=(host, port)
+        pump = self.pump
+        udp_transport, pump.udp = await self.loop.create_datagram_endpoint(
+            lambda: UdpTransport(pump.feed, pump.transmit), local_addr=(host, port)
         )
-        self.tcp = TcpHub(self.loop, self._feed, self.transmit)
-        tcp_server = await self.loop.create_server(self.tcp.factory, host, port, reuse_address=True)
+        pump.tcp = TcpHub(self.loop, pump.feed, pump.transmit)
+        tcp_server = await self.loop.create_server(pump.tcp.factory, host, port, reuse_address=True)
         self._servers = [udp_transport, tcp_server]
         await self._start_http()
         # Everything allocated so far lives as long as the process: keep the collector off it.
@@ -192,7 +144,7 @@ class Switch:
     async def stop(self) -> None:
         """Drain: refuse new calls, BYE live ones, flush CDRs, close the database."""
         self.core.drain(self.loop.time())
-        self.transmit()
+        self.pump.transmit()
         deadline = self.loop.time() + 3.0
         while self.core.live_calls and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -200,17 +152,15 @@ class Switch:
         self.media.close_all()
         for server in self._servers:
             server.close()
-        if self.tcp is not None:
-            self.tcp.close()
+        if self.pump.tcp is not None:
+            self.pump.tcp.close()
         await self.ws.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._timer is not None:
-            self._timer.cancel()
+        self.pump.close()
         for task in self._background:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
+        await self.pump.wait_tasks(timeout=2.0)
         if self.router is not None:
             # Flushes pending cap releases (Redis) and closes the RTB HTTP session.
             await self.router.aclose()
@@ -221,10 +171,11 @@ class Switch:
         if self.embedded is not None:
             await self.embedded.stop()
 
-    async def _open_database(self) -> None:
-        from store.database import Store
-        from store.writer import CdrWriter
+    def _submit_cdr(self, cdr: Any) -> None:
+        if self.cdr_writer is not None:
+            self.cdr_writer.submit(cdr)
 
+    async def _open_database(self) -> None:
         dsn = self.settings.database_url
         if dsn is None:
             from store.embedded import EmbeddedPostgres
@@ -238,8 +189,8 @@ class Switch:
         await self.store.connect(dsn)
         await self.store.migrate()
         await self.store.ensure_partitions(datetime.now(UTC))
-        await self.store.load_config(self.config)
-        self.config = await self.store.load_exchange()
+        await self.store.exchange.upsert_config(self.config)
+        self.config = await self.store.exchange.read_config()
         self.admitter.update(self.config)
         self.cdr_writer = CdrWriter(self.store, self.settings.data_dir / "spool")
         await self.cdr_writer.start()
@@ -281,7 +232,8 @@ class Switch:
             except Exception:
                 logger.exception("reloading DNC lists failed; keeping the lists in use")
                 continue
-            self.decider.gate.dnc = store
+            assert self.bridge is not None
+            self.bridge.gate.dnc = store
             logger.info("DNC lists reloaded", extra={"lists": len(now)})
 
     def _secret(self, name: str) -> bytes:
@@ -313,128 +265,18 @@ class Switch:
         print(f"Admin token (kept in {path}): {token}", flush=True)
         return token
 
-    # ------------------------------------------------------------------ SIP pump
-
-    def _feed(self, data: bytes, peer: Peer) -> None:
-        self.core.receive_datagram(data, peer, self.loop.time())
-
-    def transmit(self) -> None:
-        """Send what the core produced, start its effects, re-arm its one timer."""
-        core = self.core
-        for data, peer in core.datagrams_to_send():
-            if peer.transport == "udp":
-                assert self.udp is not None
-                self.udp.send(data, peer.host, peer.port)
-            elif peer.transport == "tcp" and self.tcp is not None:
-                self.tcp.send(data, peer)
-            elif peer.transport in ("ws", "wss"):
-                self.ws.send(data, peer)
-            else:
-                logger.warning("no transport for peer", extra={"peer": str(peer)})
-        while (effect := core.next_effect()) is not None:
-            if isinstance(effect, RouteCall):
-                # Most decisions never wait (no RTB, in-process caps): no Task for those.
-                task = start_eager(self.loop, self._route(effect))
-                if task is not None:
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            elif isinstance(effect, WriteCdr):
-                self._write_cdr(effect)
-            elif isinstance(effect, CallAnswered) and self.router is not None:
-                self.router.answered(effect.facts, effect.target)
-        when = core.get_timer()
-        if when is None:
-            return
-        # SIP timers need no sub-10 ms precision: rounding deadlines up to a 10 ms grid lets
-        # the many transactions of a busy switch share one wake-up. An armed timer that is
-        # due no later than needed is kept (an early wake-up is cheaper than cancelling and
-        # re-creating a handle on every message); only an earlier deadline re-arms it.
-        when = math.ceil(when * TIMER_GRID) / TIMER_GRID
-        if self._timer_at is None or when < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(when, self._on_timer)
-            self._timer_at = when
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.core.handle_timer(self.loop.time())
-        self.transmit()
-
-    async def _route(self, effect: RouteCall) -> None:
-        try:
-            outcome = await self.decider.decide(effect, datetime.now(UTC))
-        except Exception:
-            logger.exception("routing failed", extra={"call_id": effect.call_id})
-            outcome = RouteOutcome(
-                reject_status=500,
-                reject_reason="Server Internal Error",
-                rule="routing_error",
-                disposition="failed",
-            )
-        media: MediaSession | None = None
-        if outcome.targets:
-            try:
-                media = await self.media.open(
-                    effect.call_id,
-                    effect.offer,
-                    effect.source_ip,
-                    webrtc=effect.facts.source == "webrtc",
-                )
-            except MediaError as exc:
-                # 488 for an offer we cannot anchor, 503 when no RTP ports are free.
-                outcome = RouteOutcome(
-                    reject_status=exc.status,
-                    reject_reason="Not Acceptable Here"
-                    if exc.status == 488
-                    else "Service Unavailable",
-                    rule="sdp" if exc.status == 488 else "no_media_ports",
-                    disposition="failed",
-                    cdr=outcome.cdr,
-                )
-        if not self.core.route_done(effect.call_id, outcome, self.loop.time(), media):
-            self.media.close(effect.call_id)  # the caller gave up while we were routing
-        self.transmit()
-
     async def _reload_exchange(self) -> None:
         """The admin API changed exchange objects: they apply from the next call on."""
-        config = await self.store.load_exchange()
-        self.decider.update(config)  # compiles first; raises and keeps the old one if invalid
+        config = await self.store.exchange.read_config()
+        assert self.bridge is not None
+        self.bridge.update(config)  # compiles first; raises and keeps the old one if invalid
         self.admitter.update(config)
         self.config = config
-
-    def _ws_closed(self, peer: Peer) -> None:
-        """A browser's socket closed (or it vanished): end its calls."""
-        self.core.connection_closed(peer, self.loop.time())
-
-    def _media_timeout(self, call_id: str) -> None:
-        self.core.end_call(call_id, Disposition.MEDIA_TIMEOUT, self.loop.time())
-        self.transmit()
-
-    def _write_cdr(self, effect: WriteCdr) -> None:
-        cdr: Cdr = effect.cdr
-        for name, value in self.media.close(cdr.call_id).items():
-            setattr(cdr, name, value)
-        if effect.answered and effect.target is not None and cdr.trunk_id:
-            # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
-            self.decider.gate.record_call_end(
-                cdr.trunk_id, cdr.duration_ms, effect.target.min_duration_s, cdr.ended_at
-            )
-        try:
-            if self.router is not None:
-                s = self.router.settle(
-                    effect.facts, effect.target, effect.answered, cdr.duration_ms
-                )
-                cdr.bid, cdr.price, cdr.payout, cdr.billable = s.bid, s.price, s.payout, s.billable
-        except Exception:
-            logger.exception("settlement failed", extra={"call_id": cdr.call_id})
-        if self.cdr_writer is not None:
-            self.cdr_writer.submit(cdr)
 
     # ------------------------------------------------------------------ HTTP
 
     async def _start_http(self) -> None:
+        assert self.bridge is not None
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
@@ -442,7 +284,7 @@ class Switch:
         add_phone_routes(app)
         mount_api(
             app, self.store, admin_token=self.admin_token, on_change=self._reload_exchange,
-            gate=self.decider.gate, wall=lambda: datetime.now(UTC),
+            gate=self.bridge.gate, wall=lambda: datetime.now(UTC),
             dnc_dir=self.settings.data_dir / "dnc", flush_cdrs=self.cdr_writer.flush,
         )
         self._runner = web.AppRunner(app, access_log=None)
@@ -475,24 +317,15 @@ class Switch:
         return web.Response(body=render(self), content_type="text/plain", charset="utf-8")
 
 
-class GcPauses:
-    """Garbage-collector pauses per generation, for /metrics (a pause stalls every call)."""
+async def load_compliance(store: Store, gate: Gate, erasure_secret: bytes) -> None:
+    """Fill the gate from the database at start: consent records and erasure suppressions.
 
-    def __init__(self) -> None:
-        self.count = [0, 0, 0]
-        self.total = [0.0, 0.0, 0.0]
-        self.longest = [0.0, 0.0, 0.0]
-        self._started = 0.0
-
-    def callback(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-            return
-        gen = info["generation"]
-        pause = time.perf_counter() - self._started
-        self.count[gen] += 1
-        self.total[gen] += pause
-        self.longest[gen] = max(self.longest[gen], pause)
+    Erased consent records (their caller is a hash) are left out: the gate looks consent up
+    by number, and they can no longer match one.
+    """
+    records = [r for r in await store.compliance.load_consents() if r.caller.startswith("+")]
+    gate.consent = ConsentStore(records)
+    gate.suppression = Suppression(erasure_secret, await store.compliance.load_suppressions())
 
 
 def _redact(dsn: str) -> str:

@@ -13,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from media.errors import SdpError
 from media.ports import PortAllocator
 from media.relay import CallMediaStats, Leg, RelayConfig
 from media.sdp import LegOrigin, parse
-from media.session import MediaSession, PassthroughSession
+from media.session import PassthroughSession
 from media.transport import RelayManager, RelaySession
+
+if TYPE_CHECKING:
+    from media.webrtc import WebRtcSession
+
 
 
 class RelayMediaSession:
@@ -56,6 +60,10 @@ class RelayMediaSession:
     def b_offer(self) -> bytes:
         return self._b_offer
 
+    @property
+    def dtmf_to_buyer(self) -> bool:
+        return False  # plain RTP callers send their own RFC 4733 events through the relay
+
     def new_attempt(self) -> None:
         self.relay.reset_leg(Leg.B)
 
@@ -71,9 +79,6 @@ class RelayMediaSession:
     def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
         # The answer comes from the leg that did not make the offer.
         return self._anchor(Leg.B if from_a else Leg.A, sdp)
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
-        return False  # plain RTP callers send their own RFC 4733 events through the relay
 
     def close(self) -> None:
         self.session.close()
@@ -97,13 +102,15 @@ class MediaManager:
         self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
         self.relay = RelayManager(media_ip, self.allocator, config)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._webrtc: dict[str, Any] = {}  # call id -> media.webrtc.WebRtcSession
+        self._webrtc: dict[str, WebRtcSession] = {}
+        # Browser sessions' shutdown tasks, held until done (the loop keeps only weak refs).
+        self._closing: set[asyncio.Task[None]] = set()
         self._on_dead: Callable[[str], object] = lambda call_id: None
         self._certificate: Any = None
 
     async def open(
         self, call_id: str, a_offer: bytes, a_signal_ip: str, *, webrtc: bool = False
-    ) -> MediaSession:
+    ) -> PassthroughSession | RelayMediaSession | WebRtcSession:
         """The media session for a new call (raises MediaError: 488 bad SDP, 503 no ports).
 
         A browser (``webrtc``) always gets its ICE/DTLS-SRTP terminated here, whatever
@@ -126,7 +133,7 @@ class MediaManager:
             self.relay.close_session(call_id)
             raise
 
-    async def _open_webrtc(self, call_id: str, a_offer: bytes) -> MediaSession:
+    async def _open_webrtc(self, call_id: str, a_offer: bytes) -> WebRtcSession:
         # Imported on first use: aiortc and PyAV are heavy, and only browsers need them.
         from aiortc import RTCCertificate
 
@@ -143,19 +150,26 @@ class MediaManager:
             on_dead=self._dead,
             config=WebRtcConfig(certificate=self._certificate),
             rng=self.rng,
+            closing=self._closing,
         )
         self._webrtc[call_id] = session
-        return session  # type: ignore[no-any-return]
+        return session
 
     def _dead(self, call_id: str) -> None:
         self._on_dead(call_id)  # looked up late: the watchdog's handler is set after open
+
+    def send_dtmf(self, call_id: str, digit: str, duration_ms: int) -> None:
+        """An RFC 4733 digit toward the buyer of a browser's call (its keypad as SIP INFO)."""
+        web = self._webrtc.get(call_id)
+        if web is not None:
+            web.send_dtmf(digit, duration_ms)
 
     def close(self, call_id: str) -> dict[str, Any]:
         """Close the call's media; the CDR's media fields (empty in bypass)."""
         web = self._webrtc.pop(call_id, None)
         if web is not None:
             web.close()
-            return web.stats().cdr_fields()  # type: ignore[no-any-return]
+            return web.stats().cdr_fields()
         stats: CallMediaStats | None = self.relay.close_session(call_id)
         return stats.cdr_fields() if stats is not None else {}
 

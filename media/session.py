@@ -1,49 +1,13 @@
-"""The media side of one call, as the switch core sees it.
+"""Bypass media (DCE_MEDIA_MODE=bypass): the session whose SDP passes untouched.
 
-The glue opens a session (async: sockets, or a WebRTC peer connection) while the call is being
-routed; from then on the core only calls these synchronous methods, which transform SDP and
-update in-memory state. Three kinds implement it: :class:`PassthroughSession` (DCE_MEDIA_MODE
-=bypass: SDP untouched), the RTP relay (media/transport.py) and the WebRTC bridge
+Every media session has the same shape, the one the switch core asks for
+(``switch.media_session.MediaSession``, matched structurally): ``b_offer``,
+``dtmf_to_buyer``, ``new_attempt``, ``b_answered``, ``answered``, ``reoffer``, ``reanswer``
+and ``close``. The other two kinds are the RTP relay (media/anchor.py) and the WebRTC bridge
 (media/webrtc.py).
-
-``b_offer`` is what every buyer attempt is offered. ``b_answered`` takes a buyer's SDP answer
-(from a 18x or the 200) and returns what the caller gets. ``reoffer``/``reanswer`` handle
-re-INVITE/UPDATE in either direction. Each may raise :class:`media.errors.MediaError`, whose
-``status`` (488, 503) the core answers with.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
-
-
-class MediaSession(Protocol):
-    @property
-    def b_offer(self) -> bytes: ...
-
-    def new_attempt(self) -> None:
-        """A new buyer is about to be tried: forget what the previous one announced."""
-
-    def b_answered(self, sdp: bytes) -> bytes:
-        """The buyer's answer -> the caller's answer."""
-
-    def answered(self) -> None:
-        """The call was answered (200 relayed): media timeout accounting starts."""
-
-    def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
-        """An offer in a re-INVITE/UPDATE from one leg -> the offer for the other leg."""
-
-    def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
-        """The answer to it from the other leg -> the answer for the offering leg.
-
-        ``from_a`` is who made the offer.
-        """
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
-        """Send a DTMF digit toward the buyer as RFC 4733; False when this media cannot."""
-
-    def close(self) -> None:
-        """Free ports and sockets; idempotent."""
 
 
 class PassthroughSession:
@@ -56,6 +20,10 @@ class PassthroughSession:
     def b_offer(self) -> bytes:
         return self._offer
 
+    @property
+    def dtmf_to_buyer(self) -> bool:
+        return False  # SIP INFO DTMF is relayed to the buyer as it is
+
     def new_attempt(self) -> None:
         return None
 
@@ -70,9 +38,6 @@ class PassthroughSession:
 
     def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
         return sdp
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> bool:
-        return False
 
     def close(self) -> None:
         return None

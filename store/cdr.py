@@ -1,6 +1,6 @@
 """The call detail record: one per inbound call, also for rejected calls (SPEC.md "CDR").
 
-Built by the switch when a call ends and written by the CDR writer (store/database.py) off the
+Built by the switch when a call ends and written by the CDR writer (store/writer.py) off the
 call path. Money is integer micro-dollars here; the database stores NUMERIC(12,6) USD.
 """
 
@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+
+from switch.record import HangupSide
 
 
 class Disposition(enum.StrEnum):
@@ -24,12 +26,6 @@ class Disposition(enum.StrEnum):
     NO_BUYER = "no_buyer"
     OVERLOAD = "overload"
     MEDIA_TIMEOUT = "media_timeout"
-
-
-class HangupSide(enum.StrEnum):
-    CALLER = "caller"
-    BUYER = "buyer"
-    SYSTEM = "system"
 
 
 class Cdr(msgspec.Struct, kw_only=True, gc=False):

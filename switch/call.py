@@ -1,46 +1,78 @@
-"""One inbound call as the B2BUA sees it: the caller's leg (A), the buyer attempts (B), the CDR.
+"""One inbound call as the B2BUA sees it, and every transition of its state machine.
 
 Theory of operation
 -------------------
-A call is created when an admitted INVITE arrives (state ROUTING, 100 Trying already sent).
-The switch core asks the glue to route it (compliance gate, then the exchange) and receives
-the ordered targets. Each target is one :class:`Attempt`: a fresh B-leg INVITE with its own
-Call-ID and tags. Failover rules (SPEC.md "SIP"):
+A call is created when an admitted INVITE arrives (state ROUTING, 100 Trying already sent)
+and the glue is asked to route it (``RouteCall``). Routing answers with the ordered target
+URIs or a rejection; with targets the glue is asked to open the call's media (``OpenMedia``,
+state MEDIA), and once it has, each target is one :class:`Attempt`: a fresh B-leg INVITE with
+its own Call-ID and tags. Failover rules (docs/sip.md):
 
-    ROUTING --targets--> CALLING --1xx--> EARLY --2xx--> ANSWERED --BYE--> ENDED
-       |                   |  \\           |                  \\ (A ACK -> B ACK, end to end)
-       |                   |   4xx/5xx/6xx (not 487), Timer B, ring timeout
-       |                   |        -> next target (CALLING) or, none left, A gets the
-       |                   |           last final status -> ENDED
-       +-- rejected/no buyer: 403/480 + Reason -> ENDED
+    ROUTING --Routed--> MEDIA --media opened--> CALLING --1xx--> EARLY --2xx--> ANSWERED
+       |                  |                       |  \\           |               |
+       |                  |                       |   4xx/5xx/6xx (not 487), Timer B,
+       |                  |                       |   ring timeout -> next target (CALLING)
+       |                  |                       |   or, none left, A gets the last
+       |                  |                       |   final status -> ENDED
+       +-- Rejected: 4xx/5xx + Reason -> ENDED    |         BYE from either leg, media
+           media refused: 488/503 -> ENDED        |         timeout, drain -> ENDING -> ENDED
     CANCEL from A (before answer): A gets 200 + 487 at once; the live attempt is cancelled
     (after its first provisional, RFC 3261 §9.1) and its late 2xx, if any, is ACKed and BYEd.
 
-Abandoned attempts (ring timeout, A cancelled) stay known to the core until their transaction
-ends, so a late 2xx from a buyer that we no longer want is ACKed and hung up, never leaked.
+Every state change goes through :meth:`Calls._move`, which checks it against ``_NEXT``. A
+call reports ``CallEnded`` exactly once, when it reaches ENDED; it stays reachable through its
+dialogs only until our BYEs are answered, then every reference to it is dropped (RFC 6026
+transactions live on for 32 s but need nothing from the call).
+
+Abandoned attempts (ring timeout, A cancelled) stay known until their transaction ends, so a
+late 2xx from a buyer that we no longer want is ACKed and hung up, never leaked.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from exchange.routing import CallFacts, Target
-from media.session import MediaSession
-from store.cdr import Cdr, Disposition, HangupSide
-from switch.dialog import Dialog
-from switch.message import SipRequest
+from switch.calllog import CallLog
+from switch.context import ALLOW, RETRY_AFTER_S, Context, TimerKind, reason_header, reason_phrase
+from switch.dialog import Dialog, Leg, strip_tag, target_from
+from switch.effects import CallAnswered, CallEnded, OpenMedia, RouteCall
+from switch.errors import InvalidStateError, SipParseError
+from switch.media_session import MediaSession
+from switch.message import Headers, SipRequest, SipResponse
 from switch.peer import Peer
+from switch.record import CallRecord, HangupSide, Outcome, outcome_for_failure
+from switch.uri import NameAddr, SipUri
+
+logger = logging.getLogger(__name__)
 
 
 class CallState(enum.Enum):
-    ROUTING = "routing"
-    CALLING = "calling"
-    EARLY = "early"
+    ROUTING = "routing"  # waiting for RouteCall's answer
+    MEDIA = "media"  # routed; waiting for the media session
+    CALLING = "calling"  # an attempt is out, no provisional yet
+    EARLY = "early"  # the attempt sent a provisional
     ANSWERED = "answered"
-    ENDING = "ending"
+    ENDING = "ending"  # our BYEs are out
     ENDED = "ended"
+
+
+_NEXT: dict[CallState, frozenset[CallState]] = {
+    CallState.ROUTING: frozenset({CallState.MEDIA, CallState.ENDED}),
+    CallState.MEDIA: frozenset({CallState.CALLING, CallState.ENDED}),
+    CallState.CALLING: frozenset(
+        {CallState.CALLING, CallState.EARLY, CallState.ANSWERED, CallState.ENDED}
+    ),
+    CallState.EARLY: frozenset(
+        {CallState.CALLING, CallState.EARLY, CallState.ANSWERED, CallState.ENDED}
+    ),
+    CallState.ANSWERED: frozenset({CallState.ENDING, CallState.ENDED}),
+    CallState.ENDING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+_BEFORE_ANSWER = (CallState.ROUTING, CallState.MEDIA, CallState.CALLING, CallState.EARLY)
+_RINGING = (CallState.CALLING, CallState.EARLY)
 
 
 @dataclass(slots=True)
@@ -48,13 +80,12 @@ class Attempt:
     """One B-leg INVITE toward one target."""
 
     index: int
-    target: Target
+    uri: str
     invite: SipRequest
     tx: str
     peer: Peer
     call_id: str
     from_tag: str
-    ring_deadline: float
     provisional: bool = False
     cancel_pending: bool = False  # CANCEL wanted before any provisional arrived (§9.1)
     cancelled: bool = False
@@ -65,79 +96,631 @@ class Attempt:
 
 
 @dataclass(slots=True)
-class Reject:
-    """Why routing refused a call: the SIP answer and the CDR fields."""
-
-    status: int
-    reason: str
-    rule: str
-    disposition: Disposition
-
-
-@dataclass(slots=True)
 class Call:
     call_id: str  # the switch's own id (CDR key)
     a_invite: SipRequest
     a_tx: str
     a_peer: Peer
     a_tag: str
-    facts: CallFacts
-    received_mono: float
+    trunk_id: str
+    source: str  # sip | webrtc
+    caller: str  # as received
+    called: str
+    received: float
     state: CallState = CallState.ROUTING
     a_dialog: Dialog | None = None
-    targets: list[Target] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    present_as: str | None = None  # the caller number the buyer sees (routing's choice)
     attempt: Attempt | None = None
     attempts: int = 0
-    last_status: int | None = None
-    answered_mono: float | None = None
-    answered_at: datetime | None = None
-    ended_at: datetime | None = None
-    ended_mono: float | None = None
+    answered: float | None = None
+    ended: float | None = None
     hangup_side: HangupSide | None = None
     final_status: int | None = None  # what A got as final
-    disposition: Disposition | None = None
+    outcome: Outcome | None = None
+    rule: str | None = None  # the Reason rule A got
     a_acked: bool = False
-    # Extra CDR fields filled by routing (compliance verdict, auction record ...).
-    cdr_extra: dict[str, object] = field(default_factory=dict)
-    cdr_written: bool = False
+    reported: bool = False  # CallEnded sent
     media: MediaSession | None = None
     byes_pending: int = 0  # our BYE transactions still running; the call is kept until 0
+    # A relayed re-INVITE's 2xx: the requesting leg's ACK goes on with this CSeq.
+    pending_ack: dict[Leg, int] = field(default_factory=dict)
+    _log: CallLog | None = None
 
-    def build_cdr(self) -> Cdr:
-        """The CDR as far as the switch knows it; money is settled by the glue."""
-        ended = self.ended_at or self.facts.received_at
+    @property
+    def log(self) -> CallLog:
+        if self._log is None:
+            self._log = CallLog(logger, self.call_id)
+        return self._log
+
+    def dialog_of(self, leg: Leg) -> Dialog | None:
+        if leg is Leg.A:
+            return self.a_dialog
+        return self.attempt.dialog if self.attempt is not None else None
+
+    def record(self) -> CallRecord:
         duration_ms = 0
-        if self.answered_mono is not None and self.ended_mono is not None:
-            duration_ms = max(0, int((self.ended_mono - self.answered_mono) * 1000))
+        if self.answered is not None and self.ended is not None:
+            duration_ms = max(0, int((self.ended - self.answered) * 1000))
         att = self.attempt
-        cdr = Cdr(
+        return CallRecord(
             call_id=self.call_id,
             a_call_id=self.a_invite.call_id,
             b_call_id=att.call_id if att is not None else None,
-            trunk_id=self.facts.trunk_id or None,
-            source=self.facts.source,
-            caller=self.facts.caller,
-            called=self.facts.called,
-            received_at=self.facts.received_at,
-            answered_at=self.answered_at,
-            ended_at=ended,
+            trunk_id=self.trunk_id,
+            source=self.source,
+            caller=self.caller,
+            called=self.called,
+            received=self.received,
+            answered=self.answered,
+            ended=self.ended if self.ended is not None else self.received,
             duration_ms=duration_ms,
-            disposition=self.disposition or Disposition.FAILED,
+            outcome=self.outcome or Outcome.FAILED,
             sip_status=self.final_status or 500,
             hangup_side=self.hangup_side,
-            buyer_id=att.target.buyer_id if att is not None else None,
-            endpoint=att.target.uri if att is not None else None,
+            target_index=att.index if att is not None else None,
+            endpoint=att.uri if att is not None else None,
             attempts=self.attempts,
+            rule=self.rule,
         )
-        for name, value in self.cdr_extra.items():
-            setattr(cdr, name, value)
-        return cdr
 
 
-def disposition_for_failure(status: int, ring_timeout: bool) -> Disposition:
-    """Map the last failed attempt to a CDR disposition."""
-    if ring_timeout or status in (408, 480):
-        return Disposition.NO_ANSWER
-    if status in (486, 600):
-        return Disposition.BUSY
-    return Disposition.FAILED
+class Calls:
+    """The live calls and their transitions: routing, attempts and failover, answer, end."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.live: dict[str, Call] = {}  # by switch call id
+        self.by_a_tx: dict[str, Call] = {}  # for CANCEL
+        self.attempts: dict[str, tuple[Call, Attempt]] = {}  # B INVITE client tx -> attempt
+        self.byes: dict[str, Call] = {}  # our BYE client tx -> call
+        self.draining = False
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, call: Call, req: SipRequest, now: float) -> None:
+        """An admitted INVITE: 503 when full or draining, else 100 Trying and RouteCall."""
+        ctx = self.ctx
+        ctx.stats["calls_total"] += 1
+        if self.draining or len(self.live) >= ctx.config.max_calls:
+            ctx.stats["calls_rejected_overload"] += 1
+            self._final_to_a(call, 503, "Service Unavailable", rule="overload",
+                             extra=[("retry-after", str(RETRY_AFTER_S))])
+            self._end(call, Outcome.OVERLOAD, HangupSide.SYSTEM, 503, registered=False)
+            return
+        ctx.respond(call.a_tx, req, 100, "Trying")
+        self.live[call.call_id] = call
+        self.by_a_tx[call.a_tx] = call
+        ctx.arm(TimerKind.ROUTE, now + ctx.config.route_timeout, call.call_id)
+        ctx.effects.append(
+            RouteCall(
+                call_id=call.call_id,
+                trunk_id=call.trunk_id,
+                source=call.source,
+                caller=call.caller,
+                called=call.called,
+                at=now,
+                identity=req.headers.get("identity"),
+                pai=req.headers.get("p-asserted-identity"),
+                source_ip=call.a_peer.host,
+            )
+        )
+
+    def routed(self, call: Call, targets: list[str], present_as: str | None) -> None:
+        """Routing found targets: open the media before the first attempt."""
+        self._move(call, CallState.MEDIA)
+        call.targets = targets
+        call.present_as = present_as
+        self.ctx.effects.append(
+            OpenMedia(
+                call_id=call.call_id,
+                offer=call.a_invite.body,
+                source_ip=call.a_peer.host,
+                webrtc=call.source == "webrtc",
+            )
+        )
+
+    def rejected(self, call: Call, status: int, reason: str, rule: str) -> None:
+        """Routing (or media) refused the call."""
+        self._final_to_a(call, status, reason, rule=rule)
+        self._end(call, Outcome.REJECTED, HangupSide.SYSTEM, status)
+
+    def media_opened(self, call: Call, media: MediaSession, now: float) -> None:
+        call.media = media
+        self._next_attempt(call, now)
+
+    def media_failed(self, call: Call, status: int, rule: str) -> None:
+        """No media for the call: 488 for an offer we cannot anchor, 503 without free ports."""
+        self._final_to_a(call, status, reason_phrase(status), rule=rule)
+        self._end(call, Outcome.FAILED, HangupSide.SYSTEM, status)
+
+    # ---------------------------------------------------------------- the caller
+
+    def cancelled_by_caller(self, call: Call, now: float) -> None:
+        """CANCEL from A (already answered 200): 487 and cancel the attempt, if not answered."""
+        if call.state not in _BEFORE_ANSWER:
+            return  # already answered or ended: CANCEL has no effect (§9.2)
+        self._abandon_attempt(call, now)
+        self._final_to_a(call, 487, "Request Terminated")
+        self._end(call, Outcome.CANCELLED, HangupSide.CALLER, 487)
+
+    def connection_closed(self, peer: Peer, now: float) -> None:
+        """A caller's stream connection (TCP, WebSocket) went away: end its calls.
+
+        Answered calls get BYE toward the buyer; calls still ringing are cancelled. The caller
+        cannot be told (its connection is gone), so nothing is sent on that leg.
+        """
+        if not peer.conn:
+            return
+        for call in [c for c in self.live.values() if c.a_peer.conn == peer.conn
+                     and c.a_peer.transport == peer.transport]:
+            if call.state is CallState.ANSWERED:
+                self.hangup(call, HangupSide.CALLER, now, by=Leg.A)
+            else:
+                self._abandon_attempt(call, now)
+                call.final_status = 487
+                self._end(call, Outcome.CANCELLED, HangupSide.CALLER, 487)
+
+    def end_call(self, call: Call, outcome: Outcome, now: float) -> None:
+        """The switch ends a call itself (media timeout, a browser whose media died).
+
+        Answered: BYE both legs. Still ringing: the attempt is cancelled and the caller gets 480.
+        """
+        if call.state is CallState.ANSWERED:
+            call.outcome = outcome
+            self.hangup(call, HangupSide.SYSTEM, now, by=None)
+        elif call.state in _RINGING:
+            self._abandon_attempt(call, now)
+            self._final_to_a(call, 480, "Temporarily Unavailable", rule=outcome.value)
+            self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 480)
+
+    def drain(self, now: float) -> None:
+        """Shutdown: refuse new calls, end live ones (BYE when answered, 503 before)."""
+        self.draining = True
+        for call in list(self.live.values()):
+            if call.state is CallState.ANSWERED:
+                self.hangup(call, HangupSide.SYSTEM, now, by=None)
+            elif call.state in _BEFORE_ANSWER:
+                self._abandon_attempt(call, now)
+                self._final_to_a(call, 503, "Service Unavailable", rule="shutdown")
+                self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 503)
+
+    # ----------------------------------------------------------------- attempts
+
+    def attempt_response(self, call: Call, att: Attempt, resp: SipResponse, now: float) -> None:
+        """A response to one of our B-leg INVITEs."""
+        status = resp.status
+        if status < 200:
+            if status == 100:
+                return
+            first = not att.provisional
+            att.provisional = True
+            if att.cancel_pending and first:
+                self._send_cancel(att, now)
+                return
+            if att.abandoned or call.attempt is not att or call.state not in _RINGING:
+                return
+            if resp.to_tag is not None:
+                self._register_b_dialog(call, att, resp, confirmed=False)
+            body = resp.body
+            if body and call.media is not None:
+                try:
+                    body = call.media.b_answered(body)
+                except self.ctx.config.media_error as exc:
+                    self._bad_buyer_sdp(call, att, exc, now)
+                    return
+            self._move(call, CallState.EARLY)
+            self.ctx.respond(
+                call.a_tx,
+                call.a_invite,
+                status,
+                resp.reason,
+                to_tag=call.a_tag,
+                headers=[*_relay_headers(resp), ("contact", self.ctx.contact(call.a_peer))],
+                body=body,
+            )
+            self._a_early_dialog(call)
+            return
+        if status < 300:
+            self._attempt_answered(call, att, resp, now)
+            return
+        att.final_status = status
+        if att.abandoned or call.attempt is not att or att.cancelled:
+            return
+        self._attempt_failed(call, att, status, now, ring_timeout=False)
+
+    def attempt_timed_out(self, call: Call, att: Attempt, now: float) -> None:
+        """Timer B: the buyer never answered the INVITE at all (acts as a 408)."""
+        att.final_status = 408
+        if not att.abandoned and call.attempt is att and call.state in _RINGING:
+            self._attempt_failed(call, att, 408, now, ring_timeout=False)
+
+    def attempt_over(self, tx: str) -> None:
+        """The attempt's INVITE transaction is over: forget it and, unless it is the answered
+        leg of a live call, its dialog."""
+        found = self.attempts.pop(tx, None)
+        if found is None:
+            return
+        call, att = found
+        over = att.abandoned or call.attempt is not att or call.state is CallState.ENDED
+        if att.dialog is not None and over and not (call.attempt is att and call.byes_pending):
+            self.ctx.dialogs.pop((att.call_id, att.from_tag), None)
+
+    def resend_ack(self, call: Call) -> None:
+        """A 2xx retransmission from the buyer after its transaction ended (§13.2.2.4)."""
+        att = call.attempt
+        if att is not None and att.ack is not None and att.dialog is not None:
+            self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+
+    def b_ack(self, att: Attempt, seq: int, body: bytes, ctype: str | None) -> SipRequest:
+        """Our ACK for the buyer's 2xx (end to end, §13.2.2.4)."""
+        assert att.dialog is not None
+        extra = [("content-type", ctype)] if ctype and body else None
+        cfg = self.ctx.config
+        return att.dialog.request(
+            "ACK", self.ctx.new_branch(), cfg.host, cfg.port, seq=seq, body=body, extra=extra
+        )
+
+    def _next_attempt(self, call: Call, now: float) -> None:
+        index = call.attempt.index + 1 if call.attempt is not None else 0
+        if call.attempt is not None:
+            self._abandon_attempt(call, now)
+        while index < len(call.targets):
+            target = call.targets[index]
+            try:
+                uri = SipUri.parse(target)
+            except SipParseError:
+                index += 1
+                continue
+            peer = Peer(uri.transport, uri.host, uri.port or 5060)
+            att = self._b_invite(call, index, target, uri, peer, now)
+            call.attempt = att
+            call.attempts += 1
+            self._move(call, CallState.CALLING)
+            self.attempts[att.tx] = (call, att)
+            self.ctx.arm(TimerKind.RING, now + self.ctx.config.ring_timeout, call.call_id, index)
+            return
+        self._final_to_a(call, 480, "Temporarily Unavailable", rule="no_reachable_endpoint")
+        self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 480)
+
+    def _b_invite(
+        self, call: Call, index: int, target: str, uri: SipUri, peer: Peer, now: float
+    ) -> Attempt:
+        ctx = self.ctx
+        cfg = ctx.config
+        a = call.a_invite
+        call_id = ctx.new_id() + "@" + cfg.host
+        from_tag = ctx.new_tag()
+        mf = a.headers.get("max-forwards")
+        mf_out = str(int(mf) - 1) if mf is not None and mf.strip().isdigit() else "69"
+        h = Headers()
+        h.add(
+            "via",
+            f"SIP/2.0/{peer.via_transport} {cfg.host}:{cfg.port}"
+            f";branch={ctx.new_branch()};rport",
+        )
+        h.add("max-forwards", mf_out)
+        h.add("from", f"<sip:{call.present_as or call.caller}@{cfg.host}>;tag={from_tag}")
+        h.add("to", f"<{target}>")
+        h.add("call-id", call_id)
+        h.add("cseq", "1 INVITE")
+        h.add("contact", ctx.contact(peer))
+        h.add("allow", ALLOW)
+        for name in ("content-type", "p-asserted-identity", "identity"):
+            value = a.headers.get(name)
+            if value is not None:
+                h.add(name, value)
+        body = a.body
+        if call.media is not None:
+            call.media.new_attempt()
+            body = call.media.b_offer
+        req = SipRequest("INVITE", str(uri), h, body)
+        tx = ctx.layer.send_request(req, peer, now)
+        return Attempt(
+            index=index,
+            uri=target,
+            invite=req,
+            tx=tx,
+            peer=peer,
+            call_id=call_id,
+            from_tag=from_tag,
+        )
+
+    def _attempt_answered(self, call: Call, att: Attempt, resp: SipResponse, now: float) -> None:
+        ctx = self.ctx
+        if att.dialog is None or not att.dialog.confirmed:
+            self._register_b_dialog(call, att, resp, confirmed=True)
+        assert att.dialog is not None
+        if att.abandoned or call.attempt is not att or call.state not in _RINGING:
+            if att.ack is not None:
+                ctx.send_stateless(att.ack, att.dialog.peer or att.peer)  # 2xx retransmission
+                return
+            # A late answer from a buyer we no longer want: ACK it, then hang it up.
+            att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+            ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+            if call.attempt is not att or call.state is CallState.ENDED:
+                self._send_bye(att.dialog, att.peer, now)
+            return
+        body = resp.body
+        if body and call.media is not None:
+            try:
+                body = call.media.b_answered(body)
+            except ctx.config.media_error as exc:
+                att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+                ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+                self._send_bye(att.dialog, att.peer, now)
+                self._bad_buyer_sdp(call, att, exc, now)
+                return
+        self._move(call, CallState.ANSWERED)
+        ctx.effects.append(CallAnswered(call_id=call.call_id, target_index=att.index))
+        if call.media is not None:
+            call.media.answered()
+        call.answered = now
+        call.final_status = 200
+        ctx.respond(
+            call.a_tx,
+            call.a_invite,
+            200,
+            resp.reason or "OK",
+            to_tag=call.a_tag,
+            headers=[*_relay_headers(resp), ("contact", ctx.contact(call.a_peer))],
+            body=body,
+        )
+        self._a_early_dialog(call)
+        assert call.a_dialog is not None
+        call.a_dialog.confirmed = True
+
+    def _attempt_failed(
+        self, call: Call, att: Attempt, status: int, now: float, *, ring_timeout: bool
+    ) -> None:
+        failover = (300 <= status < 700 and status != 487) or ring_timeout or status == 408
+        if failover and att.index + 1 < len(call.targets):
+            self._next_attempt(call, now)
+            return
+        final = 480 if ring_timeout else status
+        reason = "Temporarily Unavailable" if ring_timeout else reason_phrase(status)
+        self._final_to_a(call, final, reason)
+        self._end(call, outcome_for_failure(final, ring_timeout), HangupSide.BUYER, final)
+
+    def _bad_buyer_sdp(self, call: Call, att: Attempt, exc: Exception, now: float) -> None:
+        """A buyer answered with SDP we cannot anchor: that attempt failed (488)."""
+        call.log.info("buyer SDP refused", extra={"reason": getattr(exc, "reason", str(exc))})
+        att.final_status = 488
+        self._abandon_attempt(call, now)
+        self._attempt_failed(call, att, 488, now, ring_timeout=False)
+
+    def _abandon_attempt(self, call: Call, now: float) -> None:
+        att = call.attempt
+        if att is None or att.abandoned:
+            return
+        att.abandoned = True
+        if att.final_status is None and (att.dialog is None or not att.dialog.confirmed):
+            if att.provisional:
+                self._send_cancel(att, now)
+            else:
+                att.cancel_pending = True  # §9.1: no CANCEL before a provisional response
+
+    def _send_cancel(self, att: Attempt, now: float) -> None:
+        if att.cancelled:
+            return
+        att.cancelled = True
+        att.cancel_pending = False
+        inv = att.invite
+        h = Headers()
+        h.add("via", inv.headers.get("via") or "")
+        h.add("max-forwards", "70")
+        h.add("from", inv.headers.get("from") or "")
+        h.add("to", inv.headers.get("to") or "")
+        h.add("call-id", inv.call_id)
+        h.add("cseq", f"{inv.cseq[0]} CANCEL")
+        self.ctx.layer.send_request(SipRequest("CANCEL", inv.uri, h), att.peer, now)
+        # §9.1: with no final response 64*T1 after the CANCEL, the INVITE transaction is
+        # considered cancelled and destroyed (its Proceeding state has no timer of its own).
+        self.ctx.arm(TimerKind.CANCEL_GUARD, now + 64 * self.ctx.config.timers.t1, att.tx)
+
+    def _send_bye(self, dialog: Dialog, fallback: Peer, now: float) -> str:
+        cfg = self.ctx.config
+        bye = dialog.request("BYE", self.ctx.new_branch(), cfg.host, cfg.port)
+        return self.ctx.layer.send_request(bye, dialog.peer or fallback, now)
+
+    # ------------------------------------------------------------------ the end
+
+    def hangup(self, call: Call, side: HangupSide, now: float, by: Leg | None) -> None:
+        """End a call: BYE every leg that did not send the BYE itself (``by``)."""
+        if call.state in _RINGING:
+            # A BYE in an early dialog (rare): treat as a cancel of the attempt.
+            self._abandon_attempt(call, now)
+            self._final_to_a(call, 487, "Request Terminated")
+            self._end(call, Outcome.CANCELLED, side, 487)
+            return
+        if call.state is not CallState.ANSWERED:
+            return
+        self._move(call, CallState.ENDING)
+        att = call.attempt
+        if by is not Leg.A and call.a_dialog is not None:
+            self.byes[self._send_bye(call.a_dialog, call.a_peer, now)] = call
+            call.byes_pending += 1
+        if by is not Leg.B and att is not None and att.dialog is not None:
+            if att.ack is None:
+                # Ending before the caller's ACK: ACK the buyer's 2xx first so its dialog is
+                # confirmed, then BYE (§15).
+                att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+                self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+            self.byes[self._send_bye(att.dialog, att.peer, now)] = call
+            call.byes_pending += 1
+        self._end(call, Outcome.ANSWERED, side, 200)
+
+    def caller_never_acked(self, call: Call, now: float) -> None:
+        """RFC 6026 Timer L: no ACK for our 200; end both legs (RFC 3261 §13.3.1.4)."""
+        self.hangup(call, HangupSide.SYSTEM, now, by=None)
+
+    def bye_done(self, tx: str) -> None:
+        """One of our BYEs was answered (or its transaction ended)."""
+        ended = self.byes.pop(tx, None)
+        if ended is not None:
+            ended.byes_pending -= 1
+            if ended.byes_pending == 0:
+                self._forget(ended)
+
+    def _end(
+        self,
+        call: Call,
+        outcome: Outcome,
+        side: HangupSide,
+        status: int,
+        *,
+        registered: bool = True,
+    ) -> None:
+        if call.reported:
+            return
+        # An outcome set earlier (media_timeout by end_call) wins over the generic one.
+        call.outcome = call.outcome or outcome
+        call.hangup_side = call.hangup_side or side
+        if call.final_status is None:
+            call.final_status = status
+        self._move(call, CallState.ENDED)
+        # Only live calls count (max_calls, /metrics); an ended call stays reachable through its
+        # dialogs until our BYEs finish.
+        self.live.pop(call.call_id, None)
+        call.ended = self.ctx.now
+        call.reported = True
+        self.ctx.effects.append(CallEnded(record=call.record()))
+        if registered and call.byes_pending == 0:
+            self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        """Drop every reference to a finished call.
+
+        The INVITE transactions live on for 32 s (RFC 6026 Timers L and M) to absorb
+        retransmissions, but they need nothing from the call: keeping the call reachable
+        from them would hold tens of thousands of finished calls at high rates, each a full
+        object graph for the garbage collector to walk.
+        """
+        self.live.pop(call.call_id, None)
+        self.by_a_tx.pop(call.a_tx, None)
+        call.pending_ack.clear()
+        att = call.attempt
+        if att is not None and not att.abandoned:
+            self.attempts.pop(att.tx, None)
+        if call.a_dialog is not None:
+            self.ctx.dialogs.pop((call.a_invite.call_id, call.a_tag), None)
+        if att is not None and att.dialog is not None and att.tx not in self.attempts:
+            self.ctx.dialogs.pop((att.call_id, att.from_tag), None)
+
+    # ------------------------------------------------------------------- timers
+
+    def route_timeout(self, call: Call) -> None:
+        if call.state in (CallState.ROUTING, CallState.MEDIA):
+            self._final_to_a(call, 500, "Server Internal Error", rule="routing_timeout")
+            self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 500)
+
+    def ring_timeout(self, call: Call, index: int, now: float) -> None:
+        att = call.attempt
+        if att is None or att.index != index or att.abandoned or call.state not in _RINGING:
+            return
+        self._abandon_attempt(call, now)
+        self._attempt_failed(call, att, 408, now, ring_timeout=True)
+
+    def cancel_guard(self, tx: str) -> None:
+        found = self.attempts.get(tx)
+        if found is None:
+            return
+        _, att = found
+        if att.final_status is None and not (att.dialog is not None and att.dialog.confirmed):
+            self.ctx.layer.terminate(tx)  # no TransactionTerminated follows a terminate()
+            self.attempt_over(tx)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _move(self, call: Call, state: CallState) -> None:
+        if state not in _NEXT[call.state]:
+            raise InvalidStateError(f"call {call.call_id}: {call.state.name} -> {state.name}")
+        call.state = state
+
+    def _final_to_a(
+        self,
+        call: Call,
+        status: int,
+        reason: str,
+        rule: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        if call.final_status is not None and call.final_status >= 200 and status != 487:
+            return
+        headers = list(extra or ())
+        if rule:
+            headers.append(reason_header(status, rule))
+            call.rule = rule
+        call.final_status = status
+        self.ctx.respond(
+            call.a_tx, call.a_invite, status, reason, to_tag=call.a_tag, headers=headers
+        )
+
+    def _a_early_dialog(self, call: Call) -> None:
+        if call.a_dialog is not None:
+            return
+        a = call.a_invite
+        call.a_dialog = Dialog(
+            call_id=a.call_id,
+            local_tag=call.a_tag,
+            remote_tag=a.from_tag,
+            local_uri=strip_tag(a.headers.get("to") or ""),
+            remote_uri=strip_tag(a.headers.get("from") or ""),
+            local_seq=self.ctx.rng.randint(1, 2**20),
+            remote_seq=a.cseq[0],
+            remote_target=target_from(a, a.uri),
+            route_set=list(a.headers.get_list("record-route")),
+            peer=call.a_peer,
+            contact=self.ctx.contact(call.a_peer),
+        )
+        self.ctx.dialogs[(a.call_id, call.a_tag)] = (call, Leg.A)
+
+    def _register_b_dialog(
+        self, call: Call, att: Attempt, resp: SipResponse, *, confirmed: bool
+    ) -> None:
+        if att.dialog is None:
+            route = list(reversed(resp.headers.get_list("record-route")))
+            peer = att.peer
+            att.dialog = Dialog(
+                call_id=att.call_id,
+                local_tag=att.from_tag,
+                remote_tag=resp.to_tag,
+                local_uri=strip_tag(att.invite.headers.get("from") or ""),
+                remote_uri=strip_tag(att.invite.headers.get("to") or ""),
+                local_seq=att.invite.cseq[0],
+                remote_seq=None,
+                remote_target=target_from(resp, att.invite.uri),
+                route_set=route,
+                peer=_next_hop(route, target_from(resp, att.invite.uri), peer),
+                contact=self.ctx.contact(peer),
+            )
+            self.ctx.dialogs[(att.call_id, att.from_tag)] = (call, Leg.B)
+        else:
+            att.dialog.remote_tag = resp.to_tag
+            att.dialog.remote_target = target_from(resp, att.dialog.remote_target)
+        att.dialog.confirmed = att.dialog.confirmed or confirmed
+
+
+def relay_headers(resp: SipResponse) -> list[tuple[str, str]]:
+    """Headers of a response that travel to the other leg with it."""
+    out = []
+    for name in ("content-type", "require", "rseq", "allow", "supported"):
+        value = resp.headers.get(name)
+        if value is not None:
+            out.append((name, value))
+    return out
+
+
+_relay_headers = relay_headers
+
+
+def _next_hop(route: list[str], target: str, fallback: Peer) -> Peer:
+    """Where in-dialog requests go: the first loose route, else the remote target (§12.2.1.1)."""
+    uri_text = NameAddr.parse(route[0]).uri if route else target
+    try:
+        uri = SipUri.parse(uri_text)
+    except SipParseError:
+        return fallback
+    if fallback.reliable and uri.transport == fallback.transport:
+        return fallback  # keep using the connection we have
+    return Peer(uri.transport, uri.host, uri.port or 5060)

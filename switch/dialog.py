@@ -8,11 +8,23 @@ target (the peer's Contact), Route is the route set, CSeq grows by one per new r
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from switch.message import Headers, SipRequest, SipResponse
 from switch.peer import Peer
 from switch.uri import NameAddr
+
+
+class Leg(enum.Enum):
+    """The B2BUA's two sides: A is the caller's dialog, B the buyer's."""
+
+    A = "a"
+    B = "b"
+
+    @property
+    def other(self) -> Leg:
+        return Leg.B if self is Leg.A else Leg.A
 
 
 @dataclass(slots=True)

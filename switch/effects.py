@@ -1,55 +1,81 @@
 """What the sans-IO switch core asks its glue to do, and the results the glue feeds back.
 
-Effects are imperative (``RouteCall``, ``WriteCdr``); results come back through
-``SwitchCore.route_done``. None of these touch a socket: the glue in ``server.py`` does.
+Effects are imperative and pulled with ``SwitchCore.next_effect()``; none touches a socket or
+a clock. Results come back through ``SwitchCore.routed()`` and ``SwitchCore.media_opened()``.
+
+One call's effects, in order: ``RouteCall`` -> (``Routed``) -> ``OpenMedia`` ->
+(a media session) -> [``SendDtmf`` ...] -> ``CallAnswered`` -> ``CallEnded``. A call refused
+before routing (overload) or by routing gets only ``CallEnded``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
-from exchange.routing import CallFacts, Target
-from store.cdr import Cdr
+from switch.record import CallRecord
 
 
 class RouteCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Run the compliance gate and the auction for a new call."""
+    """Decide who gets a new, admitted call; answer with ``SwitchCore.routed()``."""
 
     call_id: str
-    facts: CallFacts
+    trunk_id: str
+    source: str  # sip | webrtc
+    caller: str  # as received: P-Asserted-Identity user, else From user
+    called: str  # Request-URI user
+    at: float  # when the INVITE arrived (monotonic)
     identity: str | None = None  # RFC 8224 Identity header
     pai: str | None = None  # P-Asserted-Identity (verstat)
-    offer: bytes = b""  # the caller's SDP offer, for the media session
-    source_ip: str = ""  # where the INVITE came from (media latching behind NAT)
+    source_ip: str = ""  # where the INVITE came from
 
 
-class WriteCdr(msgspec.Struct, kw_only=True, gc=False):
-    """Settle the call's money with the exchange and hand the CDR to the writer."""
+class OpenMedia(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Open the call's media; answer with ``SwitchCore.media_opened()``."""
 
-    cdr: Cdr
-    facts: CallFacts
-    target: Target | None
-    answered: bool
+    call_id: str
+    offer: bytes  # the caller's SDP offer (empty: offer in the 200, RFC 3261 §13.2.1)
+    source_ip: str  # the caller's signalling address (latching behind NAT)
+    webrtc: bool
 
 
-class RouteOutcome(msgspec.Struct, kw_only=True, gc=False):
-    """The glue's answer to RouteCall: targets to try, or a rejection."""
+class SendDtmf(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Send a DTMF digit toward the buyer in the call's media (RFC 4733)."""
 
-    targets: list[Target] = []
-    reject_status: int | None = None  # 403, 480 ...
-    reject_reason: str | None = None  # reason phrase
-    rule: str | None = None  # Reason header text / first failed rule
-    disposition: str | None = None  # CDR disposition for a rejection
-    cdr: dict[str, Any] = {}  # extra CDR fields (campaign_id, compliance, fraud_score ...)
+    call_id: str
+    digit: str
+    duration_ms: int
 
 
 class CallAnswered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A buyer answered: the exchange frees the slots it held for the other bidders."""
+    """Target ``target_index`` answered: the slots held for the other targets can go."""
 
-    facts: CallFacts
-    target: Target
+    call_id: str
+    target_index: int
 
 
-Effect = RouteCall | WriteCdr | CallAnswered
+class CallEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The call is over (exactly once per call): settle it and write its CDR."""
+
+    record: CallRecord
+
+
+Effect = RouteCall | OpenMedia | SendDtmf | CallAnswered | CallEnded
+
+
+class Routed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Routing's answer: SIP URIs to try in order (failover), and the caller number to present
+    to the buyer (routing normalises it; None passes the received one on)."""
+
+    targets: list[str]
+    present_as: str | None = None
+
+
+class Rejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Routing's answer: refuse the call with ``status`` and a Reason naming ``rule``."""
+
+    status: int
+    reason: str  # reason phrase
+    rule: str
+
+
+RouteResult = Routed | Rejected

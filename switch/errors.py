@@ -33,11 +33,5 @@ class MessageTooLarge(SipParseError):
         super().__init__(reason, 513)
 
 
-class NoSuchTransaction(SipError):
-    """RFC 3261 §12.2.2: a request for no dialog or transaction gets 481."""
-
-    status = 481
-
-
 class InvalidStateError(SipError):
     """Our own bug: a state machine was driven in a way it does not allow."""

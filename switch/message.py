@@ -56,28 +56,6 @@ _CANONICAL = {
     "sip-if-match": "SIP-If-Match",
     "p-asserted-identity": "P-Asserted-Identity",
 }
-# Headers whose comma-separated values are separate entries (§7.3.1). Others (Authorization,
-# WWW-Authenticate, Date ...) contain commas inside one value.
-LIST_HEADERS = frozenset(
-    {
-        "via",
-        "route",
-        "record-route",
-        "contact",
-        "allow",
-        "supported",
-        "require",
-        "proxy-require",
-        "unsupported",
-        "accept",
-        "accept-encoding",
-        "accept-language",
-        "allow-events",
-        "content-encoding",
-        "in-reply-to",
-        "p-asserted-identity",
-    }
-)
 REQUIRED_REQUEST = ("via", "to", "from", "call-id", "cseq")
 
 
@@ -181,12 +159,6 @@ class Headers:
     def items(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
 
-    def copy(self) -> Headers:
-        h = Headers()
-        h._items = list(self._items)
-        h._first = self._first
-        return h
-
     def __len__(self) -> int:
         return len(self._items)
 
@@ -258,13 +230,6 @@ class _Message:
     @property
     def to_tag(self) -> str | None:
         return self.to.tag
-
-    def invalidate(self) -> None:
-        """Drop cached views after editing headers."""
-        self._via = None
-        self._cseq = None
-        self._from = None
-        self._to = None
 
     def _serialize(self, start_line: str) -> bytes:
         parts = [start_line]

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 
 import pytest
 
-from exchange.routing import Target
-from store.cdr import Disposition, HangupSide
-from switch.core import AdmitResult, CoreConfig, SwitchCore
-from switch.effects import CallAnswered, RouteCall, RouteOutcome, WriteCdr
+from switch.context import CoreConfig
+from switch.core import SwitchCore
+from switch.effects import (
+    CallAnswered,
+    CallEnded,
+    OpenMedia,
+    Rejected,
+    RouteCall,
+    Routed,
+    RouteResult,
+    SendDtmf,
+)
+from switch.media_session import MediaRefused
 from switch.message import SipRequest, SipResponse, make_response, parse_message
+from switch.outside import AdmitResult
 from switch.peer import Peer
+from switch.record import HangupSide, Outcome
 from switch.timers import TimerConfig
 
 A = Peer("udp", "127.0.0.1", 5080)
 B1 = Peer("udp", "127.0.0.1", 5070)
 B2 = Peer("udp", "127.0.0.1", 5071)
-TARGETS = [
-    Target(buyer_id="b1", endpoint_id="e1", uri="sip:buyer@127.0.0.1:5070"),
-    Target(buyer_id="b2", endpoint_id="e2", uri="sip:buyer@127.0.0.1:5071"),
-]
+TARGETS = ["sip:buyer@127.0.0.1:5070", "sip:buyer@127.0.0.1:5071"]
 SDP = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
     b"t=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
@@ -38,6 +45,41 @@ class Admit:
         return AdmitResult(trunk_id=None, reason="unknown_source")
 
 
+class Bypass:
+    """A media session that passes SDP untouched (as DCE_MEDIA_MODE=bypass does)."""
+
+    def __init__(self, offer: bytes, *, dtmf: bool = False, refuse: bool = False) -> None:
+        self.offer = offer
+        self.dtmf = dtmf
+        self.refuse = refuse  # refuse every buyer answer (488)
+        self.answered_calls = 0
+
+    @property
+    def b_offer(self) -> bytes:
+        return self.offer
+
+    @property
+    def dtmf_to_buyer(self) -> bool:
+        return self.dtmf
+
+    def new_attempt(self) -> None:
+        return None
+
+    def b_answered(self, sdp: bytes) -> bytes:
+        if self.refuse:
+            raise MediaRefused("no audio stream we can relay", 488)
+        return sdp
+
+    def answered(self) -> None:
+        self.answered_calls += 1
+
+    def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
+        return sdp
+
+    def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
+        return sdp
+
+
 class Harness:
     def __init__(self, *, ring_timeout: float = 30.0, max_calls: int = 100, allow: bool = True):
         self.now = 0.0
@@ -50,9 +92,10 @@ class Harness:
                 timers=TimerConfig(),
             ),
             Admit(allow),
-            wall=lambda: datetime(2026, 11, 23, 15, 0, tzinfo=UTC),
             rng=random.Random(7),
         )
+        self.media: Bypass | None = None
+        self.media_kwargs: dict[str, bool] = {}
         self.sent: dict[Peer, list[SipRequest | SipResponse]] = {}
         self.effects: list[object] = []
 
@@ -80,14 +123,25 @@ class Harness:
     def take(self, peer: Peer) -> list[SipRequest | SipResponse]:
         return self.sent.pop(peer, [])
 
-    def route(self, outcome: RouteOutcome) -> None:
+    def route(self, result: RouteResult, *, open_media: bool = True) -> None:
+        """Answer the RouteCall effect and, with targets, the OpenMedia that follows."""
         route = next(e for e in self.effects if isinstance(e, RouteCall))
         self.effects.remove(route)
-        self.core.route_done(route.call_id, outcome, self.now)
+        assert self.core.routed(route.call_id, result, self.now)
         self.pump()
+        if open_media and isinstance(result, Routed) and result.targets:
+            self.open_media()
 
-    def cdrs(self) -> list[WriteCdr]:
-        return [e for e in self.effects if isinstance(e, WriteCdr)]
+    def open_media(self) -> bool:
+        opening = next(e for e in self.effects if isinstance(e, OpenMedia))
+        self.effects.remove(opening)
+        self.media = Bypass(opening.offer, **self.media_kwargs)
+        done = self.core.media_opened(opening.call_id, self.media, self.now)
+        self.pump()
+        return done
+
+    def cdrs(self) -> list[CallEnded]:
+        return [e for e in self.effects if isinstance(e, CallEnded)]
 
 
 def invite(call_id: str = "a1@x", branch: str = "z9hG4bKa1", mf: int = 70) -> bytes:
@@ -125,10 +179,10 @@ def answer(h: Harness, peer: Peer, req: SipRequest, status: int, tag: str = "bt"
     return resp
 
 
-def start_call(h: Harness, targets: list[Target] = TARGETS) -> SipRequest:
+def start_call(h: Harness, targets: list[str] = TARGETS) -> SipRequest:
     h.feed(A, invite())
     assert [m.status for m in h.take(A) if isinstance(m, SipResponse)] == [100]
-    h.route(RouteOutcome(targets=targets))
+    h.route(Routed(targets=targets))
     b_inv = h.take(B1)
     assert len(b_inv) == 1 and isinstance(b_inv[0], SipRequest)
     return b_inv[0]
@@ -156,7 +210,7 @@ def test_normal_call_caller_hangs_up() -> None:
     assert isinstance(a_resp, SipResponse)
     # The exchange hears who answered at once (it frees the other bidders' cap slots).
     (ans,) = [e for e in h.effects if isinstance(e, CallAnswered)]
-    assert ans.target == TARGETS[0]
+    assert ans.target_index == 0
     h.feed(A, in_dialog("ACK", a_resp, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
     b_ack = h.take(B1)
     assert [m.method for m in b_ack] == ["ACK"]  # type: ignore[union-attr]
@@ -170,13 +224,13 @@ def test_normal_call_caller_hangs_up() -> None:
     assert isinstance(b_bye[0], SipRequest)
     h.feed(B1, make_response(b_bye[0], 200, "OK"))
     (w,) = h.cdrs()
-    assert w.cdr.disposition is Disposition.ANSWERED
-    assert w.cdr.hangup_side is HangupSide.CALLER
-    assert w.cdr.sip_status == 200
-    assert w.cdr.duration_ms == 5000
-    assert w.cdr.attempts == 1
-    assert w.cdr.b_call_id == b_inv.call_id
-    assert w.answered
+    assert w.record.outcome is Outcome.ANSWERED
+    assert w.record.hangup_side is HangupSide.CALLER
+    assert w.record.sip_status == 200
+    assert w.record.duration_ms == 5000
+    assert w.record.attempts == 1
+    assert w.record.b_call_id == b_inv.call_id
+    assert w.record.answered is not None
     h.advance(40)
     assert h.core.live_calls == 0
     assert len(h.core.layer) == 0
@@ -202,7 +256,7 @@ def test_buyer_hangs_up_first() -> None:
     assert a_bye[0].uri == "sip:caller@127.0.0.1:5080"
     assert a_bye[0].to_tag == "ft" and a_bye[0].call_id == "a1@x"
     (w,) = h.cdrs()
-    assert w.cdr.hangup_side is HangupSide.BUYER
+    assert w.record.hangup_side is HangupSide.BUYER
 
 
 def test_busy_fails_over_to_next_target() -> None:
@@ -226,9 +280,9 @@ def test_all_busy_caller_gets_last_status() -> None:
     answer(h, B2, b2_inv, 603)
     assert [m.status for m in h.take(A)] == [603]  # type: ignore[union-attr]
     (w,) = h.cdrs()
-    assert w.cdr.disposition is Disposition.FAILED
-    assert w.cdr.sip_status == 603
-    assert w.cdr.attempts == 2
+    assert w.record.outcome is Outcome.FAILED
+    assert w.record.sip_status == 603
+    assert w.record.attempts == 2
 
 
 def test_ring_timeout_cancels_and_tries_next() -> None:
@@ -247,7 +301,7 @@ def test_ring_timeout_cancels_and_tries_next() -> None:
     h.advance(3.0)
     assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
     (w,) = h.cdrs()
-    assert w.cdr.disposition is Disposition.NO_ANSWER
+    assert w.record.outcome is Outcome.NO_ANSWER
     assert b2_inv.method == "INVITE"
 
 
@@ -270,8 +324,8 @@ def test_cancel_before_answer() -> None:
     (b_cancel,) = h.take(B1)
     assert isinstance(b_cancel, SipRequest) and b_cancel.method == "CANCEL"
     (w,) = h.cdrs()
-    assert w.cdr.disposition is Disposition.CANCELLED
-    assert w.cdr.hangup_side is HangupSide.CALLER
+    assert w.record.outcome is Outcome.CANCELLED
+    assert w.record.hangup_side is HangupSide.CALLER
 
 
 def test_late_2xx_from_abandoned_buyer_is_acked_and_hung_up() -> None:
@@ -289,28 +343,22 @@ def test_rejection_carries_reason() -> None:
     h = Harness()
     h.feed(A, invite())
     h.take(A)
-    h.route(
-        RouteOutcome(
-            reject_status=403,
-            reject_reason="Forbidden",
-            rule="dnc",
-            disposition="rejected_compliance",
-        )
-    )
+    h.route(Rejected(status=403, reason="Forbidden", rule="dnc"))
     (resp,) = h.take(A)
     assert isinstance(resp, SipResponse) and resp.status == 403
     assert 'text="dnc"' in (resp.headers.get("reason") or "")
     (w,) = h.cdrs()
-    assert w.cdr.disposition is Disposition.REJECTED_COMPLIANCE
+    assert w.record.outcome is Outcome.REJECTED and w.record.rule == "dnc"
 
 
 def test_no_targets_is_480_no_buyer() -> None:
     h = Harness()
     h.feed(A, invite())
     h.take(A)
-    h.route(RouteOutcome(targets=[]))
+    h.route(Routed(targets=[]))
     assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
-    assert h.cdrs()[0].cdr.disposition is Disposition.NO_BUYER
+    (w,) = h.cdrs()
+    assert w.record.outcome is Outcome.REJECTED and w.record.rule == "no_buyer"
 
 
 @pytest.mark.parametrize(
@@ -372,7 +420,7 @@ def test_overload_503_retry_after() -> None:
     (resp,) = h.take(A)
     assert isinstance(resp, SipResponse) and resp.status == 503
     assert resp.headers.get("retry-after") == "5"
-    assert h.cdrs()[0].cdr.disposition is Disposition.OVERLOAD
+    assert h.cdrs()[0].record.outcome is Outcome.OVERLOAD
 
 
 def test_retransmitted_invite_is_absorbed() -> None:
@@ -395,7 +443,7 @@ def test_drain_byes_answered_calls() -> None:
     h.pump()
     assert [m.method for m in h.take(A)] == ["BYE"]  # type: ignore[union-attr]
     assert [m.method for m in h.take(B1)] == ["BYE"]  # type: ignore[union-attr]
-    assert h.cdrs()[0].cdr.hangup_side is HangupSide.SYSTEM
+    assert h.cdrs()[0].record.hangup_side is HangupSide.SYSTEM
 
 
 def test_closed_connection_ends_its_calls() -> None:
@@ -404,8 +452,8 @@ def test_closed_connection_ends_its_calls() -> None:
     h.feed(ws._replace(conn=7), invite().replace(b"SIP/2.0/UDP", b"SIP/2.0/WS"))
     assert [m.status for m in h.take(ws)] == [100]  # type: ignore[union-attr]
     route = next(e for e in h.effects if isinstance(e, RouteCall))
-    assert route.facts.source == "webrtc"
-    h.route(RouteOutcome(targets=TARGETS))
+    assert route.source == "webrtc"
+    h.route(Routed(targets=TARGETS))
     (b_inv,) = h.take(B1)
     assert isinstance(b_inv, SipRequest)
     ok = answer(h, B1, b_inv, 200)
@@ -416,7 +464,7 @@ def test_closed_connection_ends_its_calls() -> None:
     assert b_out == ["ACK", "BYE"]
     assert h.take(ws) == []
     (w,) = h.cdrs()
-    assert w.cdr.hangup_side is HangupSide.CALLER and w.cdr.source == "webrtc"
+    assert w.record.hangup_side is HangupSide.CALLER and w.record.source == "webrtc"
     assert ok.status == 200
 
 
@@ -425,12 +473,8 @@ def assert_clean(h: Harness) -> None:
     h.advance(200.0)
     core = h.core
     assert core.calls == {}
-    assert core._dialogs == {}
-    assert core._attempts == {}
-    assert core._by_a_tx == {}
-    assert core._relays == {}
-    assert core._byes == {}
-    assert core._pending_ack == {}
+    assert list(core.tables()) == [0] * 6  # calls, CANCEL map, attempts, BYEs, dialogs, relays
+    assert core.get_timer() is None
     assert len(core.layer) == 0
 
 
@@ -473,7 +517,7 @@ def _no_ack_from_caller(h: Harness) -> None:
     methods = [m.method for m in h.take(B1) if isinstance(m, SipRequest)]
     # ACK, BYE, then Timer E retransmissions of that BYE (this buyer never answers it).
     assert methods[:2] == ["ACK", "BYE"] and set(methods[1:]) == {"BYE"}
-    assert h.cdrs()[0].cdr.hangup_side is HangupSide.SYSTEM
+    assert h.cdrs()[0].record.hangup_side is HangupSide.SYSTEM
 
 
 @pytest.mark.parametrize(
@@ -498,3 +542,110 @@ def test_response_with_a_header_broken_beyond_the_top_via_is_dropped() -> None:
     assert h.core.stats["malformed_responses"] == 1
     answer(h, B1, b_inv, 200)  # the call still completes with a sound response
     assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]
+
+
+def _answered_call(h: Harness) -> SipResponse:
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 200)
+    (a_ok,) = [m for m in h.take(A) if isinstance(m, SipResponse)]
+    h.feed(A, in_dialog("ACK", a_ok, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    h.take(B1)
+    return a_ok
+
+
+def _info(a_ok: SipResponse, seq: int, body: bytes) -> bytes:
+    head = in_dialog("INFO", a_ok, seq, f"z9hG4bKinfo{seq}", "sip:dce@127.0.0.1:5060")
+    head = head.replace(b"Content-Length: 0\r\n\r\n", b"")
+    return head + (
+        f"Content-Type: application/dtmf-relay\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_caller_info_dtmf_becomes_an_effect_when_media_can_send_it() -> None:
+    h = Harness()
+    h.media_kwargs = {"dtmf": True}
+    a_ok = _answered_call(h)
+    h.feed(A, _info(a_ok, 2, b"Signal=5\r\nDuration=200\r\n"))
+    assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]
+    assert h.take(B1) == []  # not relayed: the buyer gets RFC 4733 in its media
+    (dtmf,) = [e for e in h.effects if isinstance(e, SendDtmf)]
+    assert (dtmf.digit, dtmf.duration_ms) == ("5", 200)
+
+
+def test_caller_info_is_relayed_when_media_cannot_send_dtmf() -> None:
+    h = Harness()
+    a_ok = _answered_call(h)
+    h.feed(A, _info(a_ok, 2, b"Signal=5\r\nDuration=200\r\n"))
+    (relayed,) = h.take(B1)
+    assert isinstance(relayed, SipRequest) and relayed.method == "INFO"
+    assert [e for e in h.effects if isinstance(e, SendDtmf)] == []
+
+
+def test_media_refused_before_any_attempt() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.take(A)
+    h.route(Routed(targets=TARGETS), open_media=False)
+    opening = next(e for e in h.effects if isinstance(e, OpenMedia))
+    assert opening.offer.startswith(b"v=0") and not opening.webrtc
+    h.core.media_failed(opening.call_id, 488, "sdp", h.now)
+    h.pump()
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 488
+    assert 'text="sdp"' in (resp.headers.get("reason") or "")
+    assert h.take(B1) == []  # no buyer was called
+    (w,) = h.cdrs()
+    assert w.record.outcome is Outcome.FAILED and w.record.attempts == 0
+    assert_clean(h)
+
+
+def test_caller_cancels_while_media_opens() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.take(A)
+    h.route(Routed(targets=TARGETS), open_media=False)
+    cancel = invite().replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(
+        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+    h.feed(A, cancel)
+    assert sorted(m.status for m in h.take(A)) == [200, 487]  # type: ignore[union-attr]
+    assert h.open_media() is False  # the glue closes the session it opened
+    assert h.take(B1) == []
+    assert h.cdrs()[0].record.outcome is Outcome.CANCELLED
+
+
+def test_buyer_sdp_refused_fails_over_and_logs_the_call_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.media_kwargs = {"refuse": True}
+    b_inv = start_call(h)
+    with caplog.at_level("INFO", logger="switch.call"):
+        answer(h, B1, b_inv, 200)
+    assert [m.method for m in h.take(B1) if isinstance(m, SipRequest)] == ["ACK", "BYE"]
+    (b2_inv,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    assert b2_inv.method == "INVITE"
+    (line,) = [r for r in caplog.records if r.getMessage() == "buyer SDP refused"]
+    (call_id,) = h.core.calls
+    assert getattr(line, "call_id", None) == call_id
+    assert getattr(line, "reason", "").startswith("no audio")
+
+
+def test_routing_that_never_answers_fails_the_call() -> None:
+    h = Harness()
+    h.feed(A, invite())
+    h.take(A)
+    h.advance(5.0)  # CoreConfig.route_timeout
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 500
+    assert 'text="routing_timeout"' in (resp.headers.get("reason") or "")
+    route = next(e for e in h.effects if isinstance(e, RouteCall))
+    assert h.core.routed(route.call_id, Routed(targets=TARGETS), h.now) is False
+
+
+def test_every_call_state_has_its_transitions_listed() -> None:
+    from switch.call import _NEXT, CallState
+
+    assert set(_NEXT) == set(CallState)
+    # ENDED is final; every other state can reach it directly.
+    assert _NEXT[CallState.ENDED] == frozenset()
+    assert all(CallState.ENDED in nxt for s, nxt in _NEXT.items() if s is not CallState.ENDED)

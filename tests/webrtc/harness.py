@@ -1,10 +1,11 @@
 """A small switch for the WebRTC tests: the real SwitchCore fed by the real WsHub, with
 open_webrtc as the media, and a Python SIP buyer that echoes RTP.
 
-This is the wiring the lead puts in dce/server.py, in miniature: ``transmit()`` sends the
-core's output by ``peer.transport`` (UDP to the buyer, WebSocket to the browser), runs its
-effects (``RouteCall`` opens the WebRTC session and answers with one target; ``WriteCdr``
-closes the session and keeps the CDR) and re-arms the core's single timer.
+This is the wiring of dce/pump.py, in miniature: ``transmit()`` sends the core's output by
+``peer.transport`` (UDP to the buyer, WebSocket to the browser), runs its effects
+(``RouteCall`` answers with the targets, ``OpenMedia`` opens the WebRTC session,
+``SendDtmf`` sends through it, ``CallEnded`` closes the session and keeps the call's record)
+and re-arms the core's single timer.
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiohttp import web
 
 from dce.phone import add_phone_routes
-from exchange.routing import Target
 from media.errors import MediaError
 from media.ports import PortAllocator
 from media.webrtc import WebRtcConfig, WebRtcSession, open_webrtc
-from store.cdr import Cdr, Disposition
-from switch.core import AdmitResult, CoreConfig, SwitchCore
-from switch.effects import RouteCall, RouteOutcome, WriteCdr
+from switch.context import CoreConfig
+from switch.core import SwitchCore
+from switch.effects import CallEnded, OpenMedia, RouteCall, Routed, SendDtmf
 from switch.message import SipRequest, SipResponse, make_response, parse_message
+from switch.outside import AdmitResult
 from switch.peer import Peer
+from switch.record import CallRecord, Outcome
 from switch.websocket import WsHub
-from tests.integration.helpers import free_port_range
+from tests.ports import free_port_range
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class MiniSwitch:
         self.ports = PortAllocator(*(rtp_ports or free_port_range(1000)), rng=random.Random(1))
         self.webrtc = webrtc or WebRtcConfig(dead_after=3.0, connect_timeout=15.0)
         self.media: dict[str, WebRtcSession] = {}
-        self.cdrs: list[Cdr] = []
+        self.cdrs: list[CallRecord] = []
         self.dead: list[str] = []
         self.media_stats: dict[str, dict[str, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -246,9 +247,8 @@ class MiniSwitch:
         assert self.udp.transport is not None
         self.sip_port = self.udp.transport.get_extra_info("sockname")[1]
         self.core = SwitchCore(
-            CoreConfig(host="127.0.0.1", port=self.sip_port),
+            CoreConfig(host="127.0.0.1", port=self.sip_port, media_error=MediaError),
             _Admit(self),
-            wall=lambda: datetime.now(UTC),
             rng=random.Random(7),
         )
         app = web.Application()
@@ -297,11 +297,17 @@ class MiniSwitch:
                 logger.warning("no transport for %s", peer)
         while (effect := core.next_effect()) is not None:
             if isinstance(effect, RouteCall):
-                task = self.loop.create_task(self._route(effect))
+                self.core.routed(effect.call_id, Routed(targets=self.target_uris), self.loop.time())
+            elif isinstance(effect, OpenMedia):
+                task = self.loop.create_task(self._open_media(effect))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            elif isinstance(effect, WriteCdr):
-                self._write_cdr(effect)
+            elif isinstance(effect, SendDtmf):
+                session = self.media.get(effect.call_id)
+                if session is not None:
+                    session.send_dtmf(effect.digit, effect.duration_ms)
+            elif isinstance(effect, CallEnded):
+                self._ended(effect.record)
         when = core.get_timer()
         if self._timer is not None:
             self._timer.cancel()
@@ -314,50 +320,40 @@ class MiniSwitch:
         self.core.handle_timer(self.loop.time())
         self.transmit()
 
-    async def _route(self, effect: RouteCall) -> None:
-        call = self.core.calls.get(effect.call_id)
-        media = None
-        outcome = RouteOutcome(
-            targets=[
-                Target(buyer_id="b1", endpoint_id=f"e{i}", uri=uri)
-                for i, uri in enumerate(self.target_uris)
-            ]
-        )
-        if call is not None and effect.facts.source == "webrtc":
-            try:
-                media = await open_webrtc(
-                    effect.call_id,
-                    call.a_invite.body,
-                    media_ip="127.0.0.1",
-                    ports=self.ports,
-                    on_dead=self._on_dead,
-                    config=self.webrtc,
-                )
-            except MediaError as exc:
-                outcome = RouteOutcome(
-                    reject_status=exc.status,
-                    reject_reason="Not Acceptable Here" if exc.status == 488 else "Unavailable",
-                    rule="webrtc_media",
-                    disposition="failed",
-                )
-        if media is not None:
+    async def _open_media(self, effect: OpenMedia) -> None:
+        now = self.loop.time
+        if not effect.webrtc:
+            self.core.media_failed(effect.call_id, 488, "webrtc_media", now())
+            self.transmit()
+            return
+        try:
+            media = await open_webrtc(
+                effect.call_id,
+                effect.offer,
+                media_ip="127.0.0.1",
+                ports=self.ports,
+                on_dead=self._on_dead,
+                config=self.webrtc,
+            )
+        except MediaError as exc:
+            self.core.media_failed(effect.call_id, exc.status, "webrtc_media", now())
+        else:
             self.media[effect.call_id] = media
-        done = self.core.route_done(effect.call_id, outcome, self.loop.time(), media=media)
-        if not done and media is not None:  # the caller gave up while we were routing
-            self.media.pop(effect.call_id, None)
-            media.close()
+            if not self.core.media_opened(effect.call_id, media, now()):
+                self.media.pop(effect.call_id, None)  # the caller gave up meanwhile
+                media.close()
         self.transmit()
 
-    def _write_cdr(self, effect: WriteCdr) -> None:
-        self.cdrs.append(effect.cdr)
-        session = self.media.pop(effect.cdr.call_id, None)
+    def _ended(self, record: CallRecord) -> None:
+        self.cdrs.append(record)
+        session = self.media.pop(record.call_id, None)
         if session is not None:
-            self.media_stats[effect.cdr.call_id] = session.stats().cdr_fields()
+            self.media_stats[record.call_id] = session.stats().cdr_fields()
             session.close()
 
     def _on_dead(self, call_id: str) -> None:
         self.dead.append(call_id)
-        self.core.end_call(call_id, Disposition.MEDIA_TIMEOUT, self.loop.time())
+        self.core.end_call(call_id, Outcome.MEDIA_TIMEOUT, self.loop.time())
         self.transmit()
 
     def _ws_closed(self, peer: Peer) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from store.cdr import Disposition, HangupSide
-from tests.integration.helpers import SCENARIOS, free_port
+from switch.record import HangupSide, Outcome
+from tests.integration.sipp import SCENARIOS
+from tests.ports import free_port
 from tests.webrtc.cdp import Browser, Page, connected
 from tests.webrtc.harness import Buyer, MiniSwitch, wait_for
 
@@ -94,7 +95,7 @@ async def test_phone_page_calls_a_sipp_buyer_that_echoes(
         assert rc == 0, (await proc.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
         assert await wait_for(lambda: len(sw.cdrs) == 1, 5)
         cdr = sw.cdrs[0]
-        assert cdr.source == "webrtc" and cdr.disposition == Disposition.ANSWERED
+        assert cdr.source == "webrtc" and cdr.outcome == Outcome.ANSWERED
         assert cdr.hangup_side == HangupSide.CALLER
         media = sw.media_stats[cdr.call_id]
         assert media["packets_a_to_b"] > 50 and media["packets_b_to_a"] > 50
@@ -228,7 +229,7 @@ async def test_jssip_calls_through_the_switch(
         assert await wait_for(lambda: bool(buyer.calls) and buyer.calls[0].bye, 5)
         assert await wait_for(lambda: len(sw.cdrs) == 1, 3)
         cdr = sw.cdrs[0]
-        assert cdr.source == "webrtc" and cdr.disposition == Disposition.ANSWERED
+        assert cdr.source == "webrtc" and cdr.outcome == Outcome.ANSWERED
         assert page.exceptions == []
     finally:
         await sw.stop()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aioice.ice
 import pytest
 
-from store.cdr import Disposition, HangupSide
+from switch.record import HangupSide, Outcome
 from tests.webrtc.harness import Buyer, MiniSwitch, wait_for
 
 sipua = pytest.importorskip("sipua", reason="sipua not installed (.ci/run: pip install --no-deps)")
@@ -66,7 +66,7 @@ async def test_sipua_call_carries_audio_both_ways_and_bye_ends_the_buyer_leg(
         assert await wait_for(lambda: bool(buyer.calls) and buyer.calls[0].bye, 5)
         assert await wait_for(lambda: len(switch.cdrs) == 1, 3)
         cdr = switch.cdrs[0]
-        assert cdr.source == "webrtc" and cdr.disposition == Disposition.ANSWERED
+        assert cdr.source == "webrtc" and cdr.outcome == Outcome.ANSWERED
         assert cdr.hangup_side == HangupSide.CALLER
         stats = switch.media_stats[cdr.call_id]
         assert stats["packets_a_to_b"] >= 25 and stats["packets_b_to_a"] >= 20

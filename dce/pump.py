@@ -1,0 +1,175 @@
+"""The asyncio glue around the sans-IO switch core (aioquic's ``QuicConnectionProtocol``).
+
+Transports call :meth:`SipPump.feed` with each message and ``now=loop.time()``;
+:meth:`SipPump.transmit` is the one place that moves the core's output to sockets, carries
+out its effects, and re-arms the core's single timer. Effects that must wait (routing with
+RTB or Redis caps, opening WebRTC media) run as tasks; most never wait and run inline
+(:func:`dce.eager.start_eager`). Their results go back into the core as method calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dce.bridge import CallBridge
+from dce.eager import start_eager
+from media.anchor import MediaManager
+from media.errors import MediaError
+from store.cdr import Cdr
+from switch.calllog import CallLog
+from switch.core import SwitchCore
+from switch.effects import CallAnswered, CallEnded, OpenMedia, RouteCall, SendDtmf
+from switch.peer import Peer
+from switch.record import Outcome
+from switch.transport import TcpHub, UdpTransport
+from switch.websocket import WsHub
+
+logger = logging.getLogger(__name__)
+
+TIMER_GRID = 100  # core timer resolution: 1/100 s
+
+
+class SipPump:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        core: SwitchCore,
+        media: MediaManager,
+        submit_cdr: Callable[[Cdr], None],
+    ) -> None:
+        self.loop = loop
+        self.core = core
+        self.media = media
+        self.submit_cdr = submit_cdr
+        self.bridge: CallBridge | None = None  # set once the database and config are loaded
+        self.udp: UdpTransport | None = None
+        self.tcp: TcpHub | None = None
+        self.ws: WsHub | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # per-call work that had to wait
+
+    # ------------------------------------------------------------------ inputs
+
+    def feed(self, data: bytes, peer: Peer) -> None:
+        self.core.receive_datagram(data, peer, self.loop.time())
+
+    def connection_closed(self, peer: Peer) -> None:
+        """A browser's socket closed (or it vanished): end its calls."""
+        self.core.connection_closed(peer, self.loop.time())
+
+    def media_timeout(self, call_id: str) -> None:
+        self.core.end_call(call_id, Outcome.MEDIA_TIMEOUT, self.loop.time())
+        self.transmit()
+
+    # ----------------------------------------------------------------- outputs
+
+    def transmit(self) -> None:
+        """Send what the core produced, carry out its effects, re-arm its one timer."""
+        core = self.core
+        for data, peer in core.datagrams_to_send():
+            transport = peer.transport
+            if transport == "udp":
+                assert self.udp is not None
+                self.udp.send(data, peer.host, peer.port)
+            elif transport == "tcp" and self.tcp is not None:
+                self.tcp.send(data, peer)
+            elif transport in ("ws", "wss") and self.ws is not None:
+                self.ws.send(data, peer)
+            else:
+                logger.warning("no transport for peer", extra={"peer": str(peer)})
+        while (effect := core.next_effect()) is not None:
+            match effect:
+                case RouteCall():
+                    # Most decisions never wait (no RTB, in-process caps): no Task for those.
+                    self._start(self._route(effect))
+                case OpenMedia():
+                    self._start(self._open_media(effect))
+                case CallEnded():
+                    self._ended(effect)
+                case CallAnswered():
+                    if self.bridge is not None:
+                        self.bridge.answered(effect.call_id, effect.target_index)
+                case SendDtmf():
+                    self.media.send_dtmf(effect.call_id, effect.digit, effect.duration_ms)
+        when = core.get_timer()
+        if when is None:
+            return
+        # SIP timers need no sub-10 ms precision: rounding deadlines up to a 10 ms grid lets
+        # the many transactions of a busy switch share one wake-up. An armed timer that is
+        # due no later than needed is kept (an early wake-up is cheaper than cancelling and
+        # re-creating a handle on every message); only an earlier deadline re-arms it.
+        when = math.ceil(when * TIMER_GRID) / TIMER_GRID
+        if self._timer_at is None or when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self.transmit()
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = start_eager(self.loop, coro)
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def wall(self, mono: float) -> datetime:
+        """Wall-clock time of a monotonic instant of the core (CDR timestamps)."""
+        return datetime.now(UTC) - timedelta(seconds=self.loop.time() - mono)
+
+    # ----------------------------------------------------------------- effects
+
+    async def _route(self, effect: RouteCall) -> None:
+        bridge = self.bridge
+        assert bridge is not None
+        try:
+            result = await bridge.route(effect, self.wall(effect.at))
+        except Exception:
+            CallLog(logger, effect.call_id).exception("routing failed")
+            result = bridge.failed(effect.call_id, 500, "routing_error")
+        if not self.core.routed(effect.call_id, result, self.loop.time()):
+            bridge.abandon(effect.call_id)  # the caller gave up while we were routing
+        self.transmit()
+
+    async def _open_media(self, effect: OpenMedia) -> None:
+        try:
+            session = await self.media.open(
+                effect.call_id, effect.offer, effect.source_ip, webrtc=effect.webrtc
+            )
+        except MediaError as exc:
+            # 488 for an offer we cannot anchor, 503 when no RTP ports are free.
+            rule = "sdp" if exc.status == 488 else "no_media_ports"
+            self.core.media_failed(effect.call_id, exc.status, rule, self.loop.time())
+        except Exception:
+            CallLog(logger, effect.call_id).exception("opening media failed")
+            self.core.media_failed(effect.call_id, 503, "media_error", self.loop.time())
+        else:
+            if not self.core.media_opened(effect.call_id, session, self.loop.time()):
+                self.media.close(effect.call_id)  # the caller gave up meanwhile
+        self.transmit()
+
+    def _ended(self, effect: CallEnded) -> None:
+        record = effect.record
+        media = self.media.close(record.call_id)
+        if self.bridge is None:  # calls are admitted only once the bridge is set
+            CallLog(logger, record.call_id).error("call ended before routing was set up")
+            return
+        self.submit_cdr(self.bridge.ended(record, self.wall, media))
+
+    async def wait_tasks(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

@@ -1,0 +1,162 @@
+"""What the parts of the switch core share: configuration, the transaction layer, the outputs,
+the dialog table, the call timers, and the helpers every part sends with.
+
+:class:`SwitchCore` (core.py) owns one :class:`Context` and hands it to its three parts:
+out-of-dialog handling (outside.py), the calls (call.py) and in-dialog relay (indialog.py).
+Nothing here reads a clock: ``now`` is the time of the input being handled, set by the core.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from switch.effects import Effect
+from switch.media_session import MediaRefused
+from switch.message import SipRequest, SipResponse, make_response
+from switch.peer import Peer
+from switch.timers import TimerConfig
+from switch.transaction import TransactionLayer
+
+if TYPE_CHECKING:
+    from switch.call import Call
+    from switch.dialog import Leg
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK"
+RETRY_AFTER_S = 5
+
+
+@dataclass(slots=True)
+class CoreConfig:
+    host: str  # our SIP address (Via, Contact)
+    port: int
+    ring_timeout: float = 30.0
+    max_calls: int = 5000
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    route_timeout: float = 5.0  # routing (gate, auction, media) that never comes back fails
+    source: str = "sip"
+    # The exception a MediaSession raises to refuse SDP; it carries ``status`` and ``reason``.
+    media_error: type[Exception] = MediaRefused
+
+
+class TimerKind(enum.Enum):
+    ROUTE = "route"  # routing never came back within route_timeout
+    RING = "ring"  # one attempt rang for DCE_RING_TIMEOUT
+    CANCEL_GUARD = "cancel_guard"  # §9.1: no final response 64*T1 after our CANCEL
+
+
+class CallTimer(NamedTuple):
+    """One heap entry; ``seq`` is unique, so entries never compare past it."""
+
+    when: float
+    seq: int
+    kind: TimerKind
+    key: str  # the call id, or the attempt's client transaction for CANCEL_GUARD
+    attempt: int  # the attempt index for RING
+
+
+class Context:
+    """Shared state and send helpers of one switch core."""
+
+    __slots__ = (
+        "config",
+        "dialogs",
+        "effects",
+        "layer",
+        "now",
+        "out",
+        "rng",
+        "stats",
+        "timer_seq",
+        "timers",
+    )
+
+    def __init__(self, config: CoreConfig, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+        # The core sends 100 itself, and only for admitted calls: a rejected INVITE costs one
+        # datagram, not two.
+        self.layer = TransactionLayer(config.timers, send_trying=False)
+        self.now = 0.0
+        self.out: list[tuple[bytes, Peer]] = []  # stateless datagrams (malformed requests)
+        self.effects: deque[Effect] = deque()
+        self.timers: list[CallTimer] = []
+        self.timer_seq = 0
+        # (Call-ID, our tag) -> the call and which of its legs that dialog is.
+        self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
+        self.stats: dict[str, int] = {
+            "malformed_requests": 0,
+            "malformed_responses": 0,
+            "calls_total": 0,
+            "calls_rejected_overload": 0,
+            "calls_forbidden": 0,
+            "calls_challenged": 0,
+            "no_dialog_481": 0,
+        }
+
+    def arm(self, kind: TimerKind, when: float, key: str, attempt: int = 0) -> None:
+        self.timer_seq += 1
+        heapq.heappush(self.timers, CallTimer(when, self.timer_seq, kind, key, attempt))
+
+    def respond(
+        self,
+        tx: str,
+        req: SipRequest,
+        status: int,
+        reason: str,
+        *,
+        to_tag: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        """Answer ``req`` on its server transaction (a To tag is made for finals)."""
+        if to_tag is None and status > 100 and req.to_tag is None:
+            to_tag = self.new_tag()
+        resp = make_response(req, status, reason, to_tag=to_tag, headers=headers, body=body)
+        self.layer.send_response(tx, resp, self.now)
+
+    def send_stateless(self, msg: SipRequest | SipResponse, peer: Peer) -> None:
+        self.layer.send_stateless(msg, peer)
+
+    def contact(self, peer: Peer) -> str:
+        t = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        return f"<sip:dce@{self.config.host}:{self.config.port}{t}>"
+
+    def new_tag(self) -> str:
+        return f"{self.rng.getrandbits(48):012x}"
+
+    def new_branch(self) -> str:
+        return f"z9hG4bK{self.rng.getrandbits(64):016x}"
+
+    def new_id(self) -> str:
+        return f"{self.rng.getrandbits(96):024x}"
+
+
+def reason_header(status: int, rule: str) -> tuple[str, str]:
+    """RFC 3326 Reason naming the rule that decided the answer."""
+    return ("reason", f'SIP;cause={status};text="{rule}"')
+
+
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return _PHRASES.get(status, "Failed")
