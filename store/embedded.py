@@ -72,8 +72,8 @@ from pathlib import Path
 
 import asyncpg
 
-from exchange.errors import ExchangeError
 from store.dirlock import try_lock
+from store.errors import EmbeddedPostgresError
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +84,6 @@ SOCKET_NAME = f".s.PGSQL.{PG_PORT}"
 MAX_SOCKET_PATH = 100
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _SNAPSHOT_DIRS = ("bin", "lib", "share")  # include/ is only for building extensions
-
-
-class EmbeddedPostgresError(ExchangeError):
-    """The embedded server could not be set up, started or stopped; the message says why."""
-
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,10 +51,11 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from exchange.errors import ExchangeError
 from store.cdr import Cdr
-from store.database import CDR_COLUMNS, Store, cdr_record, create_partitions, month_of
+from store.cdrs import CDR_COLUMNS, cdr_record
+from store.database import Store, create_partitions, month_of
 from store.dirlock import try_lock
+from store.errors import CdrWriterError
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ _STAGING_SQL = "CREATE TEMP TABLE IF NOT EXISTS cdrs_staging (LIKE cdrs) ON COMM
 _INSERT_SQL = f"INSERT INTO cdrs ({_COLS}) SELECT {_COLS} FROM cdrs_staging ON CONFLICT DO NOTHING"
 _SPOOL_GLOB = "spool-*.jsonl"
 _REJECTED = "rejected.jsonl"
-
-
-class CdrWriterError(ExchangeError):
-    """The writer cannot start (its spool dir is unusable or owned by another writer)."""
 
 
 class _Rejected(msgspec.Struct, kw_only=True):

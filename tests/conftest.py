@@ -1,4 +1,9 @@
-"""Shared test helpers: a fake wall clock, and the real PostgreSQL/Redis the tests use."""
+"""Shared test helpers: a fake wall clock, and the real PostgreSQL/Redis the tests use.
+
+Every test under tests/integration and tests/webrtc is marked ``integration`` here, by path, so
+``pytest -m "not integration"`` is the quick unit run and a new file in those folders needs no
+marker of its own.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,17 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+# They start real processes or real network peers: `dce run`, SIPp, baresip, PostgreSQL
+# per switch, Chromium, sipua, in-process ICE/DTLS.
+INTEGRATION_DIRS = tuple(Path(__file__).resolve().parent / d for d in ("integration", "webrtc"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.resolve()
+        if any(path.is_relative_to(d) for d in INTEGRATION_DIRS):
+            item.add_marker(pytest.mark.integration)
 
 
 class FakeClock:
@@ -57,7 +73,8 @@ def database_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from store.embedded import EmbeddedPostgres, EmbeddedPostgresError, find_pginstall
+    from store.embedded import EmbeddedPostgres, find_pginstall
+    from store.errors import EmbeddedPostgresError
 
     try:
         find_pginstall()

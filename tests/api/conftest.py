@@ -2,7 +2,8 @@
 
 ``api`` seeds two buyers (b1, b2, each with an endpoint e1 and a profile p1), two trunks and
 two campaigns, and serves ``api.app`` exactly as the switch mounts it. ``on_change``
-compiles what is stored, as the switch's reload does, and counts the calls.
+compiles what is stored, as the switch's reload does, and counts the calls. ``snapshot()``
+is everything a request could change, to prove that a refused one changed nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from compliance.erasure import Suppression
 from exchange.auction import compile_index
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
 from store.cdr import Cdr, Disposition
-from store.database import Store, cdr_record
+from store.cdrs import cdr_record
+from store.database import Store
 from tests.conftest import FakeClock
 
 ADMIN_TOKEN = "admin-" + "a" * 40
@@ -170,7 +172,7 @@ class Api:
             return Reply(resp.status, parsed, dict(resp.headers))
 
     async def insert_cdrs(self, cdrs: list[Cdr]) -> None:
-        """Rows as the CDR writer's COPY writes them (store.database.cdr_record)."""
+        """Rows as the CDR writer's COPY writes them (store.cdrs.cdr_record)."""
         months = {(c.received_at.year, c.received_at.month) for c in cdrs}
         for y, m in months:
             await self.store.ensure_partitions(datetime(y, m, 1, tzinfo=UTC), months_ahead=0)
@@ -186,19 +188,34 @@ class Api:
         async with self.store.pool.acquire() as conn:
             return [dict(r) for r in await conn.fetch(sql, *args)]
 
+    async def snapshot(self) -> bytes:
+        """Everything a request could change, as one comparable value."""
+        cfg = await self.store.exchange.read_config()
+        keys = await self.rows("SELECT id, api_key_hash FROM buyers ORDER BY id")
+        consents = await self.rows("SELECT id, caller, doc::text AS doc FROM consents ORDER BY id")
+        cdrs = await self.rows(
+            "SELECT call_id, caller, auction::text AS a FROM cdrs ORDER BY call_id"
+        )
+        dnc = sorted((lst.name, len(lst)) for lst in self.gate.dnc)
+        consent_mem = sorted((r.id, r.caller, str(r.revoked_at)) for r in self.gate.consent)
+        return msgspec.json.encode(
+            [cfg, keys, consents, cdrs, dnc, consent_mem, len(self.gate.suppression or ())],
+            enc_hook=str,
+        )
+
 
 @pytest.fixture
 async def api(database_url: str, pg_schema: str, tmp_path: Path) -> AsyncIterator[Api]:
     store = Store(schema=pg_schema, max_size=4)
     await store.connect(database_url)
     await store.migrate()
-    await store.load_config(seed_config())
+    await store.exchange.upsert_config(seed_config())
     clock = FakeClock()
     gate = Gate(suppression=Suppression(secrets.token_bytes(32)))
     changes: list[ExchangeConfig] = []
 
     async def on_change() -> None:
-        cfg = await store.load_exchange()
+        cfg = await store.exchange.read_config()
         compile_index(cfg)  # what the switch's reload does; raises if the API let junk in
         changes.append(cfg)
 

@@ -8,7 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from api.app import API_PREFIX, decode_cursor, encode_cursor
+from api.calls import decode_cursor, encode_cursor
+from api.routes import API_PREFIX
 from store.cdr import Disposition
 from tests.api.conftest import Api, auction_record, make_cdr
 

@@ -18,13 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from store.embedded import (
-    SOCKET_NAME,
-    EmbeddedPostgres,
-    EmbeddedPostgresError,
-    find_pginstall,
-    socket_dir_for,
-)
+from store.embedded import SOCKET_NAME, EmbeddedPostgres, find_pginstall, socket_dir_for
+from store.errors import EmbeddedPostgresError
 
 REPO = Path(__file__).resolve().parents[2]
 

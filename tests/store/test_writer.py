@@ -18,9 +18,11 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from store.cdr import Cdr, Disposition, HangupSide
+from store.cdr import Cdr, Disposition
 from store.database import Store
-from store.writer import CdrWriter, CdrWriterError
+from store.errors import CdrWriterError
+from store.writer import CdrWriter
+from switch.record import HangupSide
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -148,15 +150,15 @@ async def test_rows_are_written_by_the_timer_without_flush(store: Store, tmp_pat
     for i in range(5):
         w.submit(make_cdr(i))
     for _ in range(100):  # the 200 ms timer flushes; give it up to 2 s
-        if await store.count_cdrs() == 5:
+        if await store.cdrs.count() == 5:
             break
         await asyncio.sleep(0.02)
-    assert await store.count_cdrs() == 5
+    assert await store.cdrs.count() == 5
     assert (w.written, w.batches, w.queued) == (5, 1, 0)
     for i in range(5, 255):
         w.submit(make_cdr(i))
     await w.flush()
-    assert await store.count_cdrs() == 255
+    assert await store.cdrs.count() == 255
     assert w.batches <= 4  # 250 rows in one go: a few batches, not 250 inserts
     await w.close()
     assert (w.spooled, w.failed) == (0, 0)
@@ -197,7 +199,7 @@ async def test_cdr_round_trip_with_exact_money(store: Store, tmp_path: Path) -> 
     await w.start()
     w.submit(cdr)
     await w.close()
-    row = await store.fetch_cdr(cdr.call_id)
+    row = await store.cdrs.fetch(cdr.call_id)
     assert row is not None
     assert row["bid"] == Decimal("12.345678")
     assert row["price"] == Decimal("0.000001")
@@ -235,7 +237,7 @@ async def test_outage_loses_and_duplicates_nothing(
             await asyncio.sleep(0.002)  # let the writer run while calls keep ending
         if i == 149:
             await w.flush()
-            assert await store.count_cdrs() == 150
+            assert await store.cdrs.count() == 150
             proxy.cut(mode)
         if i == 349:
             await w.flush()  # these 200 could only go to the spool
@@ -286,7 +288,7 @@ async def test_spool_of_a_killed_writer_is_replayed_at_next_start(
     w = CdrWriter(store, tmp_path)
     await w.start()
     await w.close()
-    assert await store.count_cdrs() == 50
+    assert await store.cdrs.count() == 50
     assert (w.replayed, w.written) == (50, 50)
     assert spool_files(tmp_path) == []
 
@@ -299,7 +301,7 @@ async def test_torn_spool_line_is_kept_aside(store: Store, tmp_path: Path) -> No
     w = CdrWriter(store, tmp_path)
     await w.start()
     await w.close()
-    assert await store.count_cdrs() == 3
+    assert await store.cdrs.count() == 3
     assert w.failed == 1
     rejected = (tmp_path / "rejected.jsonl").read_bytes().splitlines()
     assert len(rejected) == 1 and b"torn" in rejected[0]
@@ -314,7 +316,7 @@ async def test_bad_rows_are_rejected_and_the_rest_written(store: Store, tmp_path
     w.submit(make_cdr(3, price=1.5))  # a float is a bug, not money
     w.submit(make_cdr(4))
     await w.close()
-    assert await store.count_cdrs() == 2
+    assert await store.cdrs.count() == 2
     assert (w.written, w.failed) == (2, 2)
     rejected = [
         msgspec.json.decode(x) for x in (tmp_path / "rejected.jsonl").read_bytes().splitlines()
@@ -328,7 +330,7 @@ async def test_missing_month_partition_is_created(store: Store, tmp_path: Path) 
     w.submit(make_cdr(1, received_at=datetime(2031, 5, 17, tzinfo=UTC)))
     w.submit(make_cdr(2))
     await w.close()
-    assert await store.count_cdrs() == 2 and w.failed == 0
+    assert await store.cdrs.count() == 2 and w.failed == 0
 
 
 async def test_queue_beyond_its_bound_goes_to_the_spool(store: Store, tmp_path: Path) -> None:
@@ -352,13 +354,13 @@ async def test_database_down_at_start_then_back(
     for i in range(30):
         w.submit(make_cdr(i))
     await w.flush()
-    assert w.spooled == 30 and await store.count_cdrs() == 0
+    assert w.spooled == 30 and await store.cdrs.count() == 0
     proxy.restore()
     for _ in range(100):  # the backoff expires and the spool is replayed without help
-        if await store.count_cdrs() == 30:
+        if await store.cdrs.count() == 30:
             break
         await asyncio.sleep(0.02)
-    assert await store.count_cdrs() == 30 and w.db_ok
+    assert await store.cdrs.count() == 30 and w.db_ok
     await w.close()
     assert spool_files(tmp_path) == []
 
@@ -372,7 +374,7 @@ async def test_submit_after_close_is_spooled_for_the_next_run(store: Store, tmp_
     w2 = CdrWriter(store, tmp_path)
     await w2.start()
     await w2.close()
-    assert await store.count_cdrs() == 1
+    assert await store.cdrs.count() == 1
 
 
 async def test_one_writer_per_spool_dir(store: Store, tmp_path: Path) -> None:
