@@ -1,31 +1,26 @@
 """WebRTC callers: ICE + DTLS-SRTP terminated with aiortc, bridged to a plain RTP/AVP G.711 leg.
 
-SPEC.md "Media", WebRTC. A browser's offer (RFC 8829 JSEP, RFC 8835 transports) carries
-``UDP/TLS/RTP/SAVPF`` audio with ICE credentials and candidates (RFC 8839), a DTLS
-fingerprint and ``a=setup`` (RFC 5763, RFC 8842) and ``a=rtcp-mux`` (RFC 5761). The buyer
-speaks plain ``RTP/AVP`` G.711. :func:`open_webrtc` builds a :class:`WebRtcSession`, which
-implements :class:`media.session.MediaSession` for the core and carries RTP between the two.
+SPEC.md "Media", WebRTC. :func:`open_webrtc` builds a :class:`WebRtcSession`, which
+implements :class:`media.session.MediaSession` for the core and carries RTP between the
+browser (ICE, DTLS-SRTP, rtcp-mux) and the buyer (plain G.711). This module is the asyncio
+and aiortc glue; the pure parts live beside it: the SDP of both legs in
+:mod:`media.webrtc_sdp`, the G.711 law tables in :mod:`media.g711`, RTP re-numbering in
+:mod:`media.rtp_rewrite`, RFC 4733 event sequencing in :mod:`media.dtmf`.
 
 Theory of operation
 -------------------
 Signalling (all in :func:`open_webrtc`, before the first buyer is tried):
 
-* :func:`parse_offer` validates the browser's SDP: a live audio ``m=`` with a DTLS-SRTP
-  profile, ``a=ice-ufrag``/``a=ice-pwd``, a usable ``a=fingerprint`` and ``a=rtcp-mux``,
-  otherwise :class:`~media.errors.SdpError` (488). It picks the browser's first G.711 codec
-  (PCMU or PCMA) and its ``telephone-event/8000`` payload type. A browser that offers neither
-  PCMU nor PCMA gets 488 too: every browser shipping today offers both, and pass-through
-  is the point (no Opus transcoding).
+* :func:`~media.webrtc_sdp.parse_offer` validates the browser's SDP (488 otherwise) and picks
+  its G.711 codec and telephone-event payload type.
 * The switch binds two port pairs from ``ports``: one for the buyer's plain RTP/RTCP and one
   whose even port is the ICE host candidate, on ``media_ip`` only. aioice would gather on
   every interface except loopback; here the host candidate is created on our own socket,
   so loopback works and the port stays inside DCE_RTP_PORTS (firewall rules).
-* The browser's answer (``a=setup:active``, our fingerprint, one host candidate, the chosen
-  codec and telephone-event, ``a=rtcp-mux``, other ``m=`` lines refused with port 0) is
-  prepared now and returned by :meth:`WebRtcSession.b_answered`. ICE connectivity checks
-  start at once (we are ICE-controlled), DTLS follows when the browser nominates a pair.
-* ``b_offer`` is plain SDP: ``m=audio PORT RTP/AVP 0 8 101`` (the browser's codec first),
-  ``c=media_ip``, ``telephone-event/8000``.
+* The browser's answer (:func:`~media.webrtc_sdp.browser_sdp`) is prepared now and returned
+  by :meth:`WebRtcSession.b_answered`. ICE connectivity checks start at once (we are
+  ICE-controlled), DTLS follows when the browser nominates a pair.
+* ``b_offer`` is plain SDP (:func:`~media.webrtc_sdp.buyer_sdp`).
 
 Media (pass-through, no decode; about the cost of a relay plus one SRTP operation):
 
@@ -38,7 +33,8 @@ Media (pass-through, no decode; about the cost of a relay plus one SRTP operatio
   rewrites it likewise, SRTP-protects it and sends it on the nominated ICE pair.
 * DTMF: RFC 4733 events from the browser are forwarded with the buyer's telephone-event
   payload type; :meth:`WebRtcSession.send_dtmf` injects RFC 4733 events toward the buyer for
-  DTMF that arrived as SIP INFO (:func:`parse_dtmf_info`).
+  DTMF that arrived as SIP INFO: a :class:`~media.dtmf.DtmfSequencer` says which packets and
+  when, the session numbers them in its stream to the buyer and keeps one timer.
 
 Liveness: ``on_dead(call_id)`` is called once, from the event loop, when ICE fails or its
 consent expires (RFC 7675), when DTLS closes or fails, when ICE + DTLS are not up
@@ -50,6 +46,11 @@ Private aiortc/aioice API used (pinned aiortc==1.16.0, aioice==0.13.0): the DTLS
 ``_rtp_router``, ``_set_role``, ``_tx_srtp`` and the ICE connection's ``_nominated``,
 ``_protocols`` and ``_local_candidates*``. This is the "hook below RTCDtlsTransport" route of
 libs.md §2: it avoids aiortc's per-receiver decoder thread, jitter buffer and encoder.
+
+Size: this module is over 600 lines because it is one object's lifecycle against two
+libraries' private state: binding and gathering, connecting, liveness, shutdown, and the two
+per-packet paths all touch the same aiortc/aioice objects and the session's counters;
+splitting them would spread those private hooks over several modules.
 
 CPU and scale-out: see bench/bench_webrtc.py. Should WebRTC media ever need more than the
 signalling process can spare, the session splits cleanly at :func:`open_webrtc`: a media
@@ -64,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import ipaddress
 import logging
 import random
@@ -90,361 +90,32 @@ from aiortc import (
 from aiortc.rtcicetransport import candidate_from_aioice
 
 from media import sdp
-from media.dtmf import DTMF_EVENTS, parse_dtmf_info
+from media.dtmf import DtmfSequencer
 from media.errors import InvalidStateError, SdpError
+from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from media.ports import PortAllocator
 from media.relay import CallMediaStats, DirectionStats
 from media.rtp import KIND_RTCP, KIND_RTP, SeqStats, classify
+from media.rtp_rewrite import RtpRewriter, payload_end, payload_offset, rtp_header
 from media.transport import bind_pair
+from media.webrtc_sdp import (
+    BuyerMedia,
+    LocalIce,
+    Role,
+    WebRtcOffer,
+    browser_sdp,
+    buyer_sdp,
+    direction_attr,
+    parse_buyer,
+    parse_offer,
+    receives,
+    sends,
+    toward_browser,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DTMF_EVENTS",
-    "WebRtcConfig",
-    "WebRtcOffer",
-    "WebRtcSession",
-    "open_webrtc",
-    "parse_dtmf_info",
-    "parse_offer",
-]
-
-#: Payload types on the buyer leg (RFC 3551 static 0/8; 101 is the usual dynamic te PT).
-PT_PCMU = 0
-PT_PCMA = 8
-PT_TE = 101
-#: 20 ms of G.711 at 8 kHz.
-SAMPLES_PER_PACKET = 160
-#: DTLS-SRTP profiles (RFC 5764) as browsers send them in the m= line.
-DTLS_PROTOS = frozenset({"UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP", "TCP/TLS/RTP/SAVPF"})
-#: RFC 8122 hash functions aiortc can check (X509_DIGEST_ALGORITHMS).
-FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
-#: RFC 4733 §3.2 event codes for the DTMF digits.
-
-_RTP_HEADER = struct.Struct("!BBHII")
-_EVENT = struct.Struct("!BBH")
-
-
-# --------------------------------------------------------------------------------------------
-# G.711 laws (ITU-T G.711), for a buyer that picks the other law than the browser.
-
-
-def _ulaw_to_linear(u: int) -> int:
-    u = ~u & 0xFF
-    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    return 0x84 - t if u & 0x80 else t - 0x84
-
-
-def _alaw_to_linear(a: int) -> int:
-    a ^= 0x55
-    t = (a & 0x0F) << 4
-    seg = (a & 0x70) >> 4
-    if seg == 0:
-        t += 8
-    elif seg == 1:
-        t += 0x108
-    else:
-        t = (t + 0x108) << (seg - 1)
-    return t if a & 0x80 else -t
-
-
-def _linear_to_alaw(pcm: int) -> int:
-    pcm >>= 3
-    if pcm >= 0:
-        mask = 0xD5
-    else:
-        mask = 0x55
-        pcm = -pcm - 1
-    for seg, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)):
-        if pcm <= end:
-            aval = seg << 4
-            aval |= (pcm >> 1) & 0x0F if seg < 2 else (pcm >> seg) & 0x0F
-            return aval ^ mask
-    return 0x7F ^ mask
-
-
-def _linear_to_ulaw(pcm: int) -> int:
-    pcm >>= 2
-    if pcm < 0:
-        pcm = -pcm
-        mask = 0x7F
-    else:
-        mask = 0xFF
-    pcm = min(pcm, 8159) + (0x84 >> 2)
-    for seg, end in enumerate((0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)):
-        if pcm <= end:
-            return ((seg << 4) | ((pcm >> (seg + 1)) & 0x0F)) ^ mask
-    return 0x7F ^ mask
-
-
-#: ``payload.translate(ULAW_TO_ALAW)``: one C loop per packet, no PCM in between.
-ULAW_TO_ALAW = bytes(_linear_to_alaw(_ulaw_to_linear(u)) for u in range(256))
-ALAW_TO_ULAW = bytes(_linear_to_ulaw(_alaw_to_linear(a)) for a in range(256))
-
-
-# --------------------------------------------------------------------------------------------
-# The browser's offer
-
-
-class Role(enum.Enum):
-    """Our DTLS role (RFC 5763 §5): ``active`` is the DTLS client."""
-
-    ACTIVE = "active"
-    PASSIVE = "passive"
-
-
-@dataclass(slots=True, frozen=True)
-class WebRtcOffer:
-    """What :func:`parse_offer` found in a browser's SDP offer."""
-
-    index: int  # the audio m= line we answer
-    mid: str | None
-    bundle: bool  # a=group:BUNDLE lists our mid
-    ice_ufrag: str
-    ice_pwd: str
-    ice_lite: bool
-    fingerprints: tuple[tuple[str, str], ...]  # (algorithm, value)
-    role: Role  # ours, from the offer's a=setup
-    codec: str  # "PCMU" | "PCMA"
-    codec_pt: int
-    te_pt: int | None
-    direction: str  # the browser's, as offered
-    candidates: tuple[str, ...]  # a=candidate values
-    media: tuple[tuple[str, str, str], ...]  # every m= line: (media, proto, first format)
-
-
-def _attr(m: sdp.MediaDescription, sd: sdp.SessionDescription, name: str) -> list[str]:
-    """Media-level values of ``a=name``, else session-level ones (RFC 8839 §5.4)."""
-    values = m.attributes(name)
-    if values:
-        return values
-    out = []
-    for typ, value in sd.lines:
-        if typ == "a":
-            attr, _, val = value.partition(":")
-            if attr == name:
-                out.append(val)
-    return out
-
-
-def parse_offer(body: bytes) -> WebRtcOffer:
-    """Check a WebRTC offer and choose what to answer.
-
-    Raises:
-        SdpError: (488) unparseable SDP; no live audio; not DTLS-SRTP; no ICE credentials;
-            no fingerprint with sha-256/384/512; no rtcp-mux; no PCMU/PCMA offered.
-    """
-    sd = sdp.parse(body)
-    audio = next((m for m in sd.media if m.media == "audio" and m.port != 0), None)
-    if audio is None:
-        raise SdpError("WebRTC offer has no live audio m= line")
-    if audio.proto not in DTLS_PROTOS:
-        raise SdpError(f"audio m= line is {audio.proto}, not DTLS-SRTP (UDP/TLS/RTP/SAVPF)")
-    ufrag = next(iter(_attr(audio, sd, "ice-ufrag")), "").strip()
-    pwd = next(iter(_attr(audio, sd, "ice-pwd")), "").strip()
-    if not ufrag or not pwd:
-        raise SdpError("WebRTC offer has no ICE credentials (a=ice-ufrag, a=ice-pwd)")
-    # RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/"; ufrag 4-256, pwd 22-256.
-    if not (4 <= len(ufrag) <= 256 and 22 <= len(pwd) <= 256) or not _ice_chars(ufrag + pwd):
-        raise SdpError("malformed ICE credentials")
-    fingerprints = []
-    for value in _attr(audio, sd, "fingerprint"):
-        alg, _, fp = value.strip().partition(" ")
-        if alg.lower() in FINGERPRINT_ALGORITHMS and fp.strip():
-            fingerprints.append((alg.lower(), fp.strip().upper()))
-    if not fingerprints:
-        raise SdpError("WebRTC offer has no DTLS fingerprint (a=fingerprint:sha-256 ...)")
-    setup = next(iter(_attr(audio, sd, "setup")), "actpass").strip().lower()
-    # RFC 5763 §5 / RFC 8842: we answer active (DTLS client) unless the offerer is active.
-    if setup == "active":
-        role = Role.PASSIVE
-    elif setup in ("actpass", "passive"):
-        role = Role.ACTIVE
-    else:
-        raise SdpError(f"unsupported a=setup:{setup}")
-    if not audio.rtcp_mux:
-        raise SdpError("WebRTC offer lacks a=rtcp-mux (RFC 8835 requires it)")
-    rtpmap = audio.rtpmap()
-    codec: tuple[str, int] | None = None
-    te_pt: int | None = None
-    for fmt in audio.formats:
-        if not fmt.isdigit():
-            continue
-        enc = rtpmap.get(fmt, {"0": "PCMU/8000", "8": "PCMA/8000"}.get(fmt, "")).upper()
-        name, _, rate = enc.partition("/")
-        rate = rate.split("/")[0]
-        if codec is None and name in ("PCMU", "PCMA") and rate == "8000":
-            codec = (name, int(fmt))
-        elif te_pt is None and name == "TELEPHONE-EVENT" and rate == "8000":
-            te_pt = int(fmt)
-    if codec is None:
-        raise SdpError("WebRTC offer has no PCMU/PCMA (G.711 is required, no Opus transcoding)")
-    mid = next(iter(audio.attributes("mid")), None)
-    bundle = False
-    for typ, value in sd.lines:
-        if typ == "a" and value.startswith("group:BUNDLE"):
-            bundle = mid is not None and mid in value.split()[1:]
-    candidates = tuple(v for v in _attr(audio, sd, "candidate"))
-    return WebRtcOffer(
-        index=audio.index,
-        mid=mid,
-        bundle=bundle,
-        ice_ufrag=ufrag,
-        ice_pwd=pwd,
-        ice_lite=bool(_attr(audio, sd, "ice-lite")),
-        fingerprints=tuple(fingerprints),
-        role=role,
-        codec=codec[0],
-        codec_pt=codec[1],
-        te_pt=te_pt,
-        direction=sd.direction_for(audio),
-        candidates=candidates,
-        media=tuple((m.media, m.proto, m.formats[0] if m.formats else "0") for m in sd.media),
-    )
-
-
-def _ice_chars(text: str) -> bool:
-    return all(c.isascii() and (c.isalnum() or c in "+/") for c in text)
-
-
-def _sends(direction: str) -> bool:
-    return direction in ("sendrecv", "sendonly")
-
-
-def _receives(direction: str) -> bool:
-    return direction in ("sendrecv", "recvonly")
-
-
-def _direction(send: bool, recv: bool) -> str:
-    """RFC 3264 §6.1: the direction attribute for what one side sends and receives."""
-    if send:
-        return "sendrecv" if recv else "sendonly"
-    return "recvonly" if recv else "inactive"
-
-
-def _toward_browser(browser: str, buyer: str) -> str:
-    """Our direction toward the browser when each end states its own: media flows only where
-    both ends agree, as it would if they talked directly."""
-    return _direction(
-        send=_receives(browser) and _sends(buyer), recv=_sends(browser) and _receives(buyer)
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The buyer's SDP
-
-
-@dataclass(slots=True, frozen=True)
-class BuyerMedia:
-    """Where and how the buyer receives audio (its answer, or its re-offer)."""
-
-    ip: str
-    port: int
-    codec_pt: int  # PT_PCMU or PT_PCMA (or the buyer's own dynamic number for them)
-    codec: str  # "PCMU" | "PCMA"
-    te_pt: int | None
-    direction: str
-
-
-def parse_buyer(body: bytes) -> BuyerMedia:
-    """The buyer's audio stream from plain SDP.
-
-    Raises:
-        SdpError: (488) unparseable; no live RTP audio; no PCMU/PCMA among its formats.
-    """
-    sd = sdp.parse(body)
-    index = sdp.relay_index(sd)
-    if index is None:
-        raise SdpError("buyer SDP has no live RTP audio stream")
-    m = sd.media[index]
-    endpoint = sdp.media_endpoints(sd)[index]
-    rtpmap = m.rtpmap()
-    codec: tuple[str, int] | None = None
-    te_pt: int | None = None
-    for fmt in m.formats:
-        if not fmt.isdigit():
-            continue
-        enc = rtpmap.get(fmt, {"0": "PCMU/8000", "8": "PCMA/8000"}.get(fmt, "")).upper()
-        name, _, rate = enc.partition("/")
-        if codec is None and name in ("PCMU", "PCMA") and rate.split("/")[0] == "8000":
-            codec = (name, int(fmt))
-        elif te_pt is None and name == "TELEPHONE-EVENT":
-            te_pt = int(fmt)
-    if codec is None:
-        raise SdpError(f"buyer SDP has no PCMU/PCMA (formats {' '.join(m.formats)[:60]})")
-    return BuyerMedia(
-        ip=endpoint.ip,
-        port=endpoint.rtp_port,
-        codec_pt=codec[1],
-        codec=codec[0],
-        te_pt=te_pt,
-        direction=endpoint.direction,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Sequence/timestamp rewriting
-
-
-class _Rewriter:
-    """One outgoing RTP stream built from incoming ones (RFC 3550 §7.2, like a translator).
-
-    Output SSRC is fixed; each new input SSRC gets offsets that continue the output numbering,
-    so the receiver sees one stream. Within an input stream, gaps and reordering are kept.
-    """
-
-    __slots__ = ("in_ssrc", "last_seq", "last_ts", "seq_off", "ssrc", "started", "ts_off")
-
-    def __init__(self, ssrc: int, seq: int, ts: int) -> None:
-        self.ssrc = ssrc
-        self.in_ssrc = -1
-        self.seq_off = 0
-        self.ts_off = 0
-        self.last_seq = (seq - 1) & 0xFFFF
-        self.last_ts = (ts - SAMPLES_PER_PACKET) & 0xFFFFFFFF
-        self.started = False
-
-    def map(self, in_ssrc: int, seq: int, ts: int) -> tuple[int, int]:
-        if in_ssrc != self.in_ssrc:
-            self.in_ssrc = in_ssrc
-            self.seq_off = (self.last_seq + 1 - seq) & 0xFFFF
-            self.ts_off = (self.last_ts + SAMPLES_PER_PACKET - ts) & 0xFFFFFFFF
-        out_seq = (seq + self.seq_off) & 0xFFFF
-        out_ts = (ts + self.ts_off) & 0xFFFFFFFF
-        if not self.started or 0 < ((out_seq - self.last_seq) & 0xFFFF) < 0x8000:
-            self.started = True
-            self.last_seq = out_seq
-            self.last_ts = out_ts
-        return out_seq, out_ts
-
-    def insert(self) -> int:
-        """A sequence number for a packet we originate (DTMF); later input shifts past it."""
-        self.seq_off = (self.seq_off + 1) & 0xFFFF
-        self.last_seq = (self.last_seq + 1) & 0xFFFF
-        self.started = True
-        return self.last_seq
-
-
-def _rtp_header(marker: int, pt: int, seq: int, ts: int, ssrc: int) -> bytes:
-    return _RTP_HEADER.pack(0x80, (marker << 7) | pt, seq, ts, ssrc)
-
-
-def _payload_offset(data: bytes) -> int:
-    """Where the RTP payload starts (after CSRCs and the header extension), or -1."""
-    n = len(data)
-    offset = 12 + 4 * (data[0] & 0x0F)
-    if data[0] & 0x10:
-        if n < offset + 4:
-            return -1
-        offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
-    return offset if offset <= n else -1
-
-
-def _payload_end(data: bytes) -> int:
-    """RFC 3550 §5.1: with P set, the last octet counts the padding."""
-    if data[0] & 0x20:
-        return len(data) - data[-1]
-    return len(data)
+__all__ = ["WebRtcConfig", "WebRtcSession", "open_webrtc"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,6 +281,7 @@ class WebRtcSession:
         on_dead: Callable[[str], None],
         config: WebRtcConfig,
         rng: random.Random,
+        closing: set[asyncio.Task[None]] | None = None,
     ) -> None:
         self.call_id = call_id
         self.offer = offer
@@ -623,6 +295,8 @@ class WebRtcSession:
         self._dead_reason: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._closing_tasks = closing
+        self._closing: asyncio.Task[None] | None = None  # close()'s shutdown, once started
         # Ports: [plain RTP pair, ICE pair]; released after their sockets have closed.
         self._port_list: list[int] = []
         self._plain_rtp: _Plain | None = None
@@ -637,8 +311,8 @@ class WebRtcSession:
         self.connected = False  # DTLS up, SRTP keys in place
         # negotiation state
         self.browser_direction = offer.direction  # the browser's own, from its last SDP
-        self._a_dir = _toward_browser(offer.direction, "sendrecv")  # ours, in our last SDP to it
-        self._local: list[Candidate] = []
+        self._a_dir = toward_browser(offer.direction, "sendrecv")  # ours, in our last SDP to it
+        self._local_ice: LocalIce | None = None  # set once ICE/DTLS objects exist (_start)
         self.buyer: BuyerMedia | None = None
         self._buyer_addr: tuple[str, int] | None = None  # latched RTP source/destination
         self._answer_sent_at: float | None = None
@@ -649,8 +323,10 @@ class WebRtcSession:
         self._answer = b""
         self._b_offer = b""
         # streams
-        self._to_buyer = _Rewriter(rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32))
-        self._to_browser = _Rewriter(rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32))
+        self._to_buyer = RtpRewriter(rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32))
+        self._to_browser = RtpRewriter(
+            rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32)
+        )
         self._a_to_b = _Counters()
         self._b_to_a = _Counters()
         self._browser_rtcp = 0
@@ -658,8 +334,10 @@ class WebRtcSession:
         self._last_browser_rx: float | None = None
         self._last_buyer_rx: float | None = None
         self._connected_at: float | None = None
-        self._dtmf: list[tuple[int, int]] = []  # queued (event, duration in samples)
-        self._dtmf_busy = False
+        # SIP INFO DTMF toward the buyer: the sequencer's one timer, the current event's RTP ts.
+        self._dtmf = DtmfSequencer()
+        self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._dtmf_ts = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -736,7 +414,20 @@ class WebRtcSession:
             await self._ice.addRemoteCandidate(None)
         self._remote_added = added
 
-        self._local = local
+        params = self._gatherer.getLocalParameters()
+        # aioice makes the credentials with the connection; None only before it exists.
+        assert params.usernameFragment is not None and params.password is not None
+        self._local_ice = LocalIce(
+            address=self.config.advertise_ip or self.media_ip,
+            port=self.ice_port,
+            ufrag=params.usernameFragment,
+            pwd=params.password,
+            fingerprints=tuple(
+                (fp.algorithm, fp.value) for fp in self._dtls.getLocalParameters().fingerprints
+            ),
+            candidates=tuple(cand.to_sdp() for cand in local),
+            ssrc=self._to_browser.ssrc,
+        )
         self._answer = self._build_answer(self._a_dir)
         self._b_offer = self._build_b_offer(self.offer.direction)
 
@@ -812,7 +503,7 @@ class WebRtcSession:
             ):
                 self._dead(f"ICE/DTLS not up {self.config.connect_timeout:g}s after the answer")
                 return
-        elif _receives(self._a_dir):
+        elif receives(self._a_dir):
             since = self._last_browser_rx or self._connected_at or now
             if now - since > self.config.dead_after:
                 self._dead(f"no media from the browser for {now - since:.1f}s")
@@ -830,80 +521,20 @@ class WebRtcSession:
     # ------------------------------------------------------------------ SDP
 
     def _build_answer(self, direction: str) -> bytes:
-        """Our answer (or re-offer) to the browser: one audio stream, everything else port 0."""
-        assert self._dtls is not None and self._gatherer is not None
-        o = self.offer
-        params = self._gatherer.getLocalParameters()
-        fam = "IP6" if ":" in (self.config.advertise_ip or self.media_ip) else "IP4"
-        addr = self.config.advertise_ip or self.media_ip
-        lines = ["s=-", "t=0 0"]
-        if o.bundle and o.mid is not None:
-            lines.append(f"a=group:BUNDLE {o.mid}")
-        lines.append("a=msid-semantic: WMS dce")
-        for i, (kind, proto, fmt) in enumerate(o.media):
-            if i != o.index:
-                # RFC 3264 §6: a refused stream keeps its m= line, port 0.
-                lines.append(f"m={kind} 0 {proto} {fmt}")
-                continue
-            fmts = [str(o.codec_pt)] + ([str(o.te_pt)] if o.te_pt is not None else [])
-            lines += [
-                f"m=audio {self.ice_port} {proto} {' '.join(fmts)}",
-                f"c=IN {fam} {addr}",
-                f"a=rtcp:{self.ice_port} IN {fam} {addr}",
-                f"a=ice-ufrag:{params.usernameFragment}",
-                f"a=ice-pwd:{params.password}",
-            ]
-            for fp in self._dtls.getLocalParameters().fingerprints:
-                lines.append(f"a=fingerprint:{fp.algorithm} {fp.value}")
-            lines.append(f"a=setup:{o.role.value}")
-            if o.mid is not None:
-                lines.append(f"a=mid:{o.mid}")
-            lines += [
-                f"a={direction}",
-                "a=rtcp-mux",
-                f"a=rtpmap:{o.codec_pt} {o.codec}/8000",
-            ]
-            if o.te_pt is not None:
-                lines += [f"a=rtpmap:{o.te_pt} telephone-event/8000", f"a=fmtp:{o.te_pt} 0-16"]
-            lines += [
-                "a=ptime:20",
-                f"a=msid:dce {self.call_id[:32]}",
-                f"a=ssrc:{self._to_browser.ssrc} cname:dce",
-            ]
-            for cand in self._local:
-                lines.append(f"a=candidate:{cand.to_sdp()}")
-            lines.append("a=end-of-candidates")
-        rest = "\r\n".join(lines)
-        origin = self._a_origin.stamp(addr, rest)
-        return f"v=0\r\no={origin}\r\n{rest}\r\n".encode()
+        """Our answer (or re-offer) to the browser."""
+        assert self._local_ice is not None
+        return browser_sdp(self.offer, self._local_ice, direction, self.call_id, self._a_origin)
 
     def _build_b_offer(self, direction: str, answer_to: BuyerMedia | None = None) -> bytes:
         """Plain SDP for the buyer: our offer, or (``answer_to``) our answer to its offer."""
-        fam = "IP6" if ":" in self.media_ip else "IP4"
-        if answer_to is not None:
-            codecs = [answer_to.codec_pt]
-            names = {answer_to.codec_pt: answer_to.codec}
-            te = answer_to.te_pt
-        else:
-            first, second = (PT_PCMU, PT_PCMA) if self.offer.codec == "PCMU" else (PT_PCMA, PT_PCMU)
-            codecs = [first, second]
-            names = {PT_PCMU: "PCMU", PT_PCMA: "PCMA"}
-            te = PT_TE
-        fmts = [str(c) for c in codecs] + ([str(te)] if te is not None else [])
-        lines = [
-            "s=dce",
-            f"c=IN {fam} {self.media_ip}",
-            "t=0 0",
-            f"m=audio {self.plain_port} RTP/AVP {' '.join(fmts)}",
-        ]
-        for c in codecs:
-            lines.append(f"a=rtpmap:{c} {names[c]}/8000")
-        if te is not None:
-            lines += [f"a=rtpmap:{te} telephone-event/8000", f"a=fmtp:{te} 0-16"]
-        lines += ["a=ptime:20", f"a={direction}"]
-        rest = "\r\n".join(lines)
-        origin = self._b_origin.stamp(self.media_ip, rest)
-        return f"v=0\r\no={origin}\r\n{rest}\r\n".encode()
+        return buyer_sdp(
+            self.offer,
+            media_ip=self.media_ip,
+            port=self.plain_port,
+            direction=direction,
+            origin=self._b_origin,
+            answer_to=answer_to,
+        )
 
     # ------------------------------------------------------- MediaSession API
 
@@ -921,7 +552,7 @@ class WebRtcSession:
             raise InvalidStateError("b_answered on a closed WebRTC session")
         buyer = parse_buyer(sdp_body)
         self._set_buyer(buyer)
-        self._a_dir = _toward_browser(self.offer.direction, buyer.direction)
+        self._a_dir = toward_browser(self.offer.direction, buyer.direction)
         self._answer = self._build_answer(self._a_dir)  # as prepared, unless the buyer holds
         if self._answer_sent_at is None:
             # The browser starts its checks once it has this answer; so do we (RFC 8445 §6.1).
@@ -957,11 +588,11 @@ class WebRtcSession:
         if from_a:
             buyer = parse_buyer(sdp_body)
             self._set_buyer(buyer)
-            self._a_dir = _toward_browser(self.browser_direction, buyer.direction)
+            self._a_dir = toward_browser(self.browser_direction, buyer.direction)
             return self._build_answer(self._a_dir)
         answer = parse_offer(sdp_body)  # same checks: an answer from a browser looks alike
         self.browser_direction = answer.direction
-        self._a_dir = _direction(send=_receives(answer.direction), recv=_sends(answer.direction))
+        self._a_dir = direction_attr(send=receives(answer.direction), recv=sends(answer.direction))
         if self.buyer is None:
             raise SdpError("browser answer without a buyer offer")
         return self._build_b_offer(answer.direction, answer_to=self.buyer)
@@ -974,21 +605,26 @@ class WebRtcSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
         for task in list(self._tasks):
             task.cancel()
         for plain in (self._plain_rtp, self._plain_rtcp):
             if plain is not None and plain.transport is not None:
                 plain.transport.close()
         task = self._loop.create_task(self._shutdown())
-        _CLOSING.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(_CLOSING.discard)
         self._closing = task
+        if self._closing_tasks is not None:
+            # asyncio keeps only weak references to tasks, and the caller may drop this session
+            # right after close(): its set keeps the shutdown (and the ports it frees) alive.
+            self._closing_tasks.add(task)
+            task.add_done_callback(self._closing_tasks.discard)
 
     async def wait_closed(self) -> None:
         """Until every socket is closed and every port is back in the allocator."""
-        task = getattr(self, "_closing", None)
-        if task is not None:
-            await asyncio.shield(task)
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:
         try:
@@ -1014,46 +650,37 @@ class WebRtcSession:
 
     # ----------------------------------------------------------- extras
 
+    @property
+    def dtmf_to_buyer(self) -> bool:
+        """The buyer's media takes RFC 4733 events: the caller's SIP INFO keys become them."""
+        return self.buyer is not None and self.buyer.te_pt is not None and not self._closed
+
     def send_dtmf(self, digit: str, duration_ms: int = 160) -> bool:
         """Send ``digit`` to the buyer as RFC 4733 events (DTMF that came as SIP INFO).
 
         Returns False when it cannot be sent: unknown digit, buyer without telephone-event.
         """
-        event = DTMF_EVENTS.get(digit.upper())
-        if event is None or self.buyer is None or self.buyer.te_pt is None or self._closed:
+        if self.buyer is None or self.buyer.te_pt is None or self._closed:
             return False
-        samples = max(40, min(duration_ms, 5000)) * 8
-        self._dtmf.append((event, samples))
-        if not self._dtmf_busy:
-            self._dtmf_busy = True
-            self._next_dtmf()
+        if not self._dtmf.send(digit, duration_ms, self._loop.time()):
+            return False
+        if self._dtmf_timer is None:  # idle: the first packet goes now
+            self._transmit_dtmf()
         return True
 
-    def _next_dtmf(self) -> None:
-        if not self._dtmf or self._closed:
-            self._dtmf_busy = False
-            return
-        event, samples = self._dtmf.pop(0)
-        start_ts = (self._to_buyer.last_ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
-        self._dtmf_step(event, samples, start_ts, SAMPLES_PER_PACKET, True)
-
-    def _dtmf_step(self, event: int, total: int, ts: int, elapsed: int, first: bool) -> None:
+    def _transmit_dtmf(self) -> None:
+        """Send the DTMF packets due now, then re-arm the one timer for the next ones."""
+        self._dtmf_timer = None
         if self._closed:
             return
-        end = elapsed >= total
-        duration = min(elapsed, total)
-        # RFC 4733 §2.5.1.4: the final packet (E bit) is sent three times.
-        for _ in range(3 if end else 1):
-            payload = _EVENT.pack(event, (0x80 if end else 0) | 10, duration)
-            self._send_event(payload, ts, first)
-            first = False
-        if end:
-            # A gap before the next digit, so the buyer sees two events.
-            self._loop.call_later(0.06, self._next_dtmf)
-        else:
-            self._loop.call_later(
-                0.02, self._dtmf_step, event, total, ts, elapsed + SAMPLES_PER_PACKET, False
-            )
+        for packet in self._dtmf.packets_to_send(self._loop.time()):
+            if packet.marker:
+                # RFC 4733 §2.5.1.2: every packet of an event carries the timestamp it began at.
+                self._dtmf_ts = self._to_buyer.next_ts()
+            self._send_event(packet.payload, self._dtmf_ts, packet.marker)
+        at = self._dtmf.get_timer()
+        if at is not None:
+            self._dtmf_timer = self._loop.call_at(at, self._transmit_dtmf)
 
     def _send_event(self, payload: bytes, ts: int, marker: bool) -> None:
         buyer, addr, plain = self.buyer, self._buyer_addr, self._plain_rtp
@@ -1062,7 +689,7 @@ class WebRtcSession:
         if plain.transport is None:
             return
         seq = self._to_buyer.insert()
-        data = _rtp_header(int(marker), buyer.te_pt, seq, ts, self._to_buyer.ssrc) + payload
+        data = rtp_header(int(marker), buyer.te_pt, seq, ts, self._to_buyer.ssrc) + payload
         plain.transport.sendto(data, addr)
         self._a_to_b.packets += 1
         self._a_to_b.bytes += len(data)
@@ -1073,7 +700,7 @@ class WebRtcSession:
 
     def media_timeout_due(self, now: float, timeout: float) -> bool:
         """DCE_MEDIA_TIMEOUT on the buyer side: answered and no RTP from the buyer for so long."""
-        if self.buyer is None or not _sends(self.buyer.direction) or self._answered_at is None:
+        if self.buyer is None or not sends(self.buyer.direction) or self._answered_at is None:
             return False
         since = max(self._last_buyer_rx or 0.0, self._answered_at)
         return now - since > timeout
@@ -1115,7 +742,7 @@ class WebRtcSession:
             return
         rw = self._to_buyer
         seq, ts = rw.map(packet.ssrc, packet.sequence_number, packet.timestamp)
-        data = _rtp_header(packet.marker, out_pt, seq, ts, rw.ssrc) + payload
+        data = rtp_header(packet.marker, out_pt, seq, ts, rw.ssrc) + payload
         plain.transport.sendto(data, addr)
         counters.packets += 1
         counters.bytes += len(data)
@@ -1155,7 +782,7 @@ class WebRtcSession:
         if not self.connected or dtls is None:
             counters.dropped += 1
             return
-        start, end = _payload_offset(data), _payload_end(data)
+        start, end = payload_offset(data), payload_end(data)
         if start < 0 or end < start:
             counters.dropped += 1
             return
@@ -1173,7 +800,7 @@ class WebRtcSession:
             return
         rw = self._to_browser
         out_seq, out_ts = rw.map(ssrc, seq, ts)
-        rtp = _rtp_header(data[1] >> 7, out_pt, out_seq, out_ts, rw.ssrc) + payload
+        rtp = rtp_header(data[1] >> 7, out_pt, out_seq, out_ts, rw.ssrc) + payload
         if self._send_srtp(dtls, rtp):
             counters.packets += 1
             counters.bytes += len(rtp)
@@ -1195,9 +822,6 @@ class WebRtcSession:
         return True
 
 
-_CLOSING: set[asyncio.Task[None]] = set()
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 
@@ -1211,6 +835,7 @@ async def open_webrtc(
     on_dead: Callable[[str], None],
     config: WebRtcConfig | None = None,
     rng: random.Random | None = None,
+    closing: set[asyncio.Task[None]] | None = None,
 ) -> WebRtcSession:
     """Terminate a browser's ICE + DTLS-SRTP and bridge it to a plain G.711 RTP leg.
 
@@ -1220,6 +845,10 @@ async def open_webrtc(
         media_ip: the only address candidates and the plain leg use (DCE_MEDIA_IP).
         ports: two pairs are taken (plain RTP/RTCP, ICE) and given back after ``close()``.
         on_dead: called once, from the loop, when the browser's media is gone.
+        closing: the caller's set of shutdown tasks. ``close()`` puts the session's shutdown
+            in it until done, so the caller can drop the session at once and still await
+            every shutdown when it stops. None: only the session refers to that task (the
+            loop keeps it running meanwhile: each of its awaits is under a timeout).
 
     Raises:
         SdpError: (488) the offer is not a usable WebRTC audio offer.
@@ -1235,6 +864,7 @@ async def open_webrtc(
         on_dead=on_dead,
         config=config or WebRtcConfig(),
         rng=rng or random.Random(secrets.randbits(64)),
+        closing=closing,
     )
     try:
         await session._start()
@@ -1242,5 +872,3 @@ async def open_webrtc(
         session.close()
         raise
     return session
-
-

@@ -423,7 +423,9 @@ def test_the_announced_address_takes_over_from_another_port_that_spoke_first() -
     a_rtp.announce("127.0.0.2", ("127.0.0.2", 20000))
     pkt = bytes([0x80, 0]) + bytes(10) + b"payload"
     assert a_rtp.receive(pkt, ("127.0.0.2", 40000), 0.0) is None or a_rtp.latched == (
-        "127.0.0.2", 40000)
+        "127.0.0.2",
+        40000,
+    )
     a_rtp.receive(pkt, ("127.0.0.2", 20000), 0.1)  # the announced peer speaks: it wins
     assert a_rtp.latched == ("127.0.0.2", 20000)
     a_rtp.receive(pkt, ("127.0.0.2", 40000), 0.2)  # and the neighbour cannot take it back

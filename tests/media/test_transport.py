@@ -19,7 +19,7 @@ from media.ports import PortAllocator
 from media.relay import Leg
 from media.sdp import MediaEndpoint
 from media.transport import RelayManager, RelaySession
-from tests.integration.helpers import free_port_range
+from tests.ports import free_port_range
 
 # Away from DCE_RTP_PORTS' default and from bench/bench_relay.py's range.
 # Above the kernel's ephemeral range: no outgoing socket anywhere can hold one of these.

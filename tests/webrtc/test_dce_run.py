@@ -1,6 +1,6 @@
 """WebRTC callers against a real ``dce run``: the whole process, not the mini switch.
 
-One ``dce run`` subprocess for the module (tests/integration/helpers.py ``Switch`` through the
+One ``dce run`` subprocess for the module (tests/integration/dce_process.py ``Switch`` through the
 integration suite's ``switches`` fixture: generated TOML config, free ports, its own data dir
 and database, SIGTERM at the end must exit 0 with no traceback in the log). Its config has one
 browser trunk admitted only by its ``ws_token``, one campaign and one buyer endpoint on a
@@ -36,8 +36,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from tests.integration import helpers
-from tests.integration.helpers import Switch
+from tests.integration import dce_process
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import SIPP, start_uas
+from tests.ports import free_port
 from tests.webrtc.cdp import Browser, Page, connected
 from tests.webrtc.conftest import JSSIP_VERSION
 from tests.webrtc.harness import Buyer, wait_for
@@ -72,15 +74,15 @@ NUMBERS = [
 
 @pytest.fixture(scope="module")
 def buyer_port() -> int:
-    return helpers.free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
 def dce(switches: Callable[..., Switch], buyer_port: int) -> Switch:
     config = {
         "trunks": [{"id": TRUNK, "name": "browsers", "ws_token": TOKEN}],
-        "campaigns": [helpers.campaign(CAMPAIGN, NUMBERS)],
-        "buyers": [helpers.buyer(BUYER, [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+        "campaigns": [dce_process.campaign(CAMPAIGN, NUMBERS)],
+        "buyers": [dce_process.buyer(BUYER, [f"sip:buyer@127.0.0.1:{buyer_port}"])],
     }
     return switches(config, name="webrtc")
 
@@ -249,14 +251,14 @@ async def test_sipua_call_has_audio_both_ways_and_a_webrtc_cdr(
 async def test_phone_page_served_by_dce_run_calls_a_sipp_buyer(
     browser: Browser, dce: Switch, buyer_port: int, tmp_path: Path
 ) -> None:
-    if helpers.SIPP is None:
+    if SIPP is None:
         pytest.skip("sipp (Debian package sip-tester) is not installed")
-    sipp = helpers.start_uas(
+    sipp = start_uas(
         tmp_path,
         "uas.xml",
         buyer_port,
         name="uas-phone",
-        extra=["-mp", str(helpers.free_port()), "-rtp_echo"],
+        extra=["-mp", str(free_port()), "-rtp_echo"],
     )
     try:
         page = await phone(browser, dce, PHONE_NUMBER)
@@ -336,7 +338,7 @@ async def jssip_site(jssip_bundle: Path) -> AsyncIterator[str]:
     app.router.add_get("/jssip.js", bundle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = helpers.free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}/jssip.html"
@@ -537,7 +539,7 @@ async def test_tls_settings_serve_https_and_wss(
     sw = switches(config, name="webrtc-tls", env=env, start=False)
     # Switch.start() polls http://.../healthz: let it poll over HTTPS (trusting the test
     # certificate) first, so that it starts whether or not the switch serves TLS.
-    plain_get = helpers._http_get
+    plain_get = dce_process._http_get
 
     def get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
         if url.startswith(f"{sw.url}/"):
@@ -549,7 +551,7 @@ async def test_tls_settings_serve_https_and_wss(
                 pass
         return plain_get(url, timeout)
 
-    monkeypatch.setattr(helpers, "_http_get", get)
+    monkeypatch.setattr(dce_process, "_http_get", get)
     await asyncio.to_thread(sw.start)
     try:
         async with aiohttp.ClientSession() as http:

@@ -1,18 +1,15 @@
-"""media/webrtc.py: offer checks, G.711 tables, DTMF, and real ICE + DTLS-SRTP calls.
+"""media/webrtc.py: real ICE + DTLS-SRTP calls, in process.
 
-The "browser" in the media tests is an aiortc RTCPeerConnection in the same process (its own
-candidates forced onto 127.0.0.1); Chromium itself is in test_browser.py.
+The "browser" here is an aiortc RTCPeerConnection in the same process (its own candidates
+forced onto 127.0.0.1); Chromium itself is in test_browser.py. The pure parts (SDP, G.711,
+RTP re-numbering, DTMF) have their unit tests in tests/media.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import random
-import struct
-import warnings
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -27,146 +24,22 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamT
 
 from media.errors import SdpError
 from media.ports import PortAllocator
-from media.webrtc import (
-    ALAW_TO_ULAW,
-    ULAW_TO_ALAW,
-    WebRtcConfig,
-    WebRtcSession,
-    _Rewriter,
-    open_webrtc,
-    parse_dtmf_info,
-    parse_offer,
-)
-from tests.integration.helpers import free_port_range
+from media.webrtc import WebRtcConfig, WebRtcSession, open_webrtc
+from media.webrtc_sdp import parse_offer
+from tests.media.webrtc_offers import CHROME_OFFER, UNUSABLE_OFFERS
+from tests.ports import free_port_range
 from tests.webrtc.harness import Buyer, wait_for
-
-CHROME_OFFER = (Path(__file__).parent / "data" / "chrome156_offer.sdp").read_bytes()
-
 
 # ------------------------------------------------------------------------- the offer
 
 
-def test_chrome_offer_is_answered_with_pcmu_and_its_telephone_event() -> None:
-    offer = parse_offer(CHROME_OFFER)
-    assert (offer.codec, offer.codec_pt, offer.te_pt) == ("PCMU", 0, 126)
-    assert offer.mid == "0" and offer.bundle and offer.role.value == "active"
-    assert offer.ice_ufrag == "4dEz" and len(offer.fingerprints) == 1
-    assert len(offer.candidates) == 8
-
-
-def _without(prefix: bytes, body: bytes = CHROME_OFFER) -> bytes:
-    return b"".join(line for line in body.splitlines(keepends=True) if not line.startswith(prefix))
-
-
-@pytest.mark.parametrize(
-    ("body", "words"),
-    [
-        (_without(b"a=fingerprint"), "fingerprint"),
-        (_without(b"a=ice-pwd"), "ICE credentials"),
-        (_without(b"a=ice-ufrag"), "ICE credentials"),
-        (_without(b"a=rtcp-mux"), "rtcp-mux"),
-        (CHROME_OFFER.replace(b"UDP/TLS/RTP/SAVPF", b"RTP/AVP"), "not DTLS-SRTP"),
-        (CHROME_OFFER.replace(b" 111 63 9 0 8 13 110 126", b" 111 63 110"), "PCMU/PCMA"),
-        (CHROME_OFFER.replace(b"m=audio 43341", b"m=audio 0"), "no live audio"),
-        (CHROME_OFFER.replace(b"a=setup:actpass", b"a=setup:holdconn"), "setup"),
-        (
-            CHROME_OFFER.replace(b"a=ice-pwd:KuzSqARjvHQhfLT2b7FhZGyQ", b"a=ice-pwd:short"),
-            "malformed ICE",
-        ),
-        (b"this is not SDP", "not <type>=<value>"),
-        (b"", "empty"),
-    ],
-    ids=[
-        "no-fingerprint",
-        "no-ice-pwd",
-        "no-ice-ufrag",
-        "no-rtcp-mux",
-        "plain-rtp",
-        "opus-only",
-        "audio-port-0",
-        "holdconn",
-        "short-ice-pwd",
-        "garbage",
-        "empty",
-    ],
-)
-async def test_unusable_offers_get_488(body: bytes, words: str) -> None:
-    with pytest.raises(SdpError) as exc:
-        parse_offer(body)
-    assert exc.value.status == 488 and words in exc.value.reason
+@pytest.mark.parametrize(("body", "words"), UNUSABLE_OFFERS)
+async def test_unusable_offers_get_488_before_any_port_is_taken(body: bytes, words: str) -> None:
     ports = PortAllocator(*free_port_range(100))
-    with pytest.raises(SdpError):
+    with pytest.raises(SdpError) as exc:
         await open_webrtc("c", body, media_ip="127.0.0.1", ports=ports, on_dead=lambda c: None)
+    assert exc.value.status == 488 and words in exc.value.reason
     assert ports.free == ports.capacity  # nothing was taken
-
-
-def test_setup_active_offer_makes_us_passive() -> None:
-    offer = parse_offer(CHROME_OFFER.replace(b"a=setup:actpass", b"a=setup:active"))
-    assert offer.role.value == "passive"
-
-
-# ------------------------------------------------------------------------- G.711
-
-
-@pytest.fixture(scope="module")
-def audioop() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return importlib.import_module("audioop")
-        except ImportError:
-            pytest.skip("audioop is gone (Python 3.13+)")
-
-
-def test_law_conversion_tables_match_the_reference(audioop: Any) -> None:
-    every = bytes(range(256))
-    assert every.translate(ULAW_TO_ALAW) == audioop.lin2alaw(audioop.ulaw2lin(every, 2), 2)
-    assert every.translate(ALAW_TO_ULAW) == audioop.lin2ulaw(audioop.alaw2lin(every, 2), 2)
-
-
-def test_law_round_trip_is_nearly_lossless(audioop: Any) -> None:
-    every = bytes(range(256))
-    back = every.translate(ULAW_TO_ALAW).translate(ALAW_TO_ULAW)
-    pcm_in = audioop.ulaw2lin(every, 2)
-    pcm_back = audioop.ulaw2lin(back, 2)
-    worst = max(
-        abs(a - b)
-        for a, b in zip(struct.unpack("256h", pcm_in), struct.unpack("256h", pcm_back), strict=True)
-    )
-    assert worst <= 1024  # one A-law step at the top segment
-
-
-# ------------------------------------------------------------------------- DTMF, rewriting
-
-
-@pytest.mark.parametrize(
-    ("ctype", "body", "expected"),
-    [
-        ("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n", ("5", 160)),
-        ("application/dtmf-relay", b"Signal= #\r\nDuration= 250\r\n", ("#", 250)),
-        ("Application/DTMF-Relay; charset=x", b"Signal=*\r\n", ("*", 160)),
-        ("application/dtmf", b"11", ("#", 160)),
-        ("application/dtmf", b"7", ("7", 160)),
-        ("application/dtmf-relay", b"Signal=X\r\n", None),
-        ("application/dtmf-relay", b"Duration=100\r\n", None),
-        ("application/sdp", b"v=0", None),
-        (None, b"Signal=5", None),
-    ],
-)
-def test_parse_dtmf_info(ctype: str | None, body: bytes, expected: tuple[str, int] | None) -> None:
-    assert parse_dtmf_info(ctype, body) == expected
-
-
-def test_rewriter_keeps_one_stream_across_ssrc_changes() -> None:
-    rw = _Rewriter(ssrc=99, seq=1000, ts=5000)
-    assert rw.map(1, 7, 100) == (1000, 5000)
-    assert rw.map(1, 8, 260) == (1001, 5160)
-    assert rw.map(1, 10, 580) == (1003, 5480)  # a gap stays a gap
-    assert rw.map(1, 9, 420) == (1002, 5320)  # reordering stays reordering
-    assert rw.insert() == 1004  # a DTMF packet we originate
-    assert rw.map(1, 11, 740) == (1005, 5640)  # later input shifts past it
-    assert rw.map(2, 60000, 9) == (1006, 5800)  # a new SSRC continues the numbering
-    assert rw.map(2, 65535, 0)[0] == (1006 + 5535) & 0xFFFF
 
 
 # ------------------------------------------------------------------------- real calls
@@ -376,4 +249,23 @@ async def test_concurrent_sessions_share_the_allocator(
         await c.close()
     for s in sessions:
         await s.wait_closed()
+    assert ports.free == ports.capacity
+
+
+async def test_the_callers_set_holds_each_shutdown_until_it_is_done() -> None:
+    ports = PortAllocator(*free_port_range(100))
+    closing: set[asyncio.Task[None]] = set()
+    session = await open_webrtc(
+        "c",
+        CHROME_OFFER,
+        media_ip="127.0.0.1",
+        ports=ports,
+        on_dead=lambda c: None,
+        closing=closing,
+    )
+    assert ports.in_use == 2
+    session.close()
+    assert len(closing) == 1  # the caller may drop the session now
+    await asyncio.gather(*closing)
+    assert not closing
     assert ports.free == ports.capacity
