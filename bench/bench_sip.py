@@ -49,8 +49,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration import helpers  # noqa: E402
-from tests.integration.helpers import Switch  # noqa: E402
+from tests.integration import dce_process  # noqa: E402
+from tests.integration.db import count_cdrs, create_database, drop_database  # noqa: E402
+from tests.integration.dce_process import Switch  # noqa: E402
+from tests.integration.sipp import CALLED, SCENARIOS, SIPP  # noqa: E402
+from tests.ports import free_port, wait_bound  # noqa: E402
 
 LADDER = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
 TARGET_CPS = 1000
@@ -245,11 +248,11 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
     calls = max(args.min_calls, 10 * rate)
     step = Step(rate=rate, calls=calls)
     out.mkdir(parents=True, exist_ok=True)
-    uas_port, uac_port = helpers.free_port(), helpers.free_port()
+    uas_port, uac_port = free_port(), free_port()
     config = {
-        "trunks": [helpers.ip_trunk("bench")],
-        "campaigns": [helpers.campaign("bench", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("bench", [f"sip:buyer@127.0.0.1:{uas_port}"])],
+        "trunks": [dce_process.ip_trunk("bench")],
+        "campaigns": [dce_process.campaign("bench", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("bench", [f"sip:buyer@127.0.0.1:{uas_port}"])],
     }
     data_dir = Path(tempfile.mkdtemp(prefix=f"dce-bench-{rate}-"))
     sw = Switch(out, config, database_url=db_url, data_dir=data_dir, name="dce",
@@ -258,7 +261,7 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
                      # 10,000 RTP ports (two pairs per call) rather than the tests' 200
                      "DCE_RTP_PORTS": args.rtp_ports, "DCE_MEDIA_MODE": args.media_mode})
     tmo = int(calls / rate + 30)
-    sipp = helpers.SIPP or "sipp"
+    sipp = SIPP or "sipp"
     pcap = out / "caller-leg.pcap"
     uas = cap = None
     try:
@@ -269,12 +272,12 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
                                check=False)
         with (out / "uas.out").open("wb") as uas_out:
             uas = subprocess.Popen(
-                ["taskset", "-c", PEER_CORE, sipp, "-sf", str(helpers.SCENARIOS / "uas.xml"),
+                ["taskset", "-c", PEER_CORE, sipp, "-sf", str(SCENARIOS / "uas.xml"),
                  "-i", "127.0.0.1", "-p", str(uas_port), "-nostdin", "-m", str(calls),
                  "-timeout", f"{tmo + 30}s", "-trace_stat", "-stf", "uas_stat.csv", "-fd", "1",
-                 "-trace_err", "-error_file", "uas_err.log", "-cp", str(helpers.free_port())],
+                 "-trace_err", "-error_file", "uas_err.log", "-cp", str(free_port())],
                 cwd=out, stdout=uas_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        helpers.wait_bound(uas_port)
+        wait_bound(uas_port)
         if args.pcap and shutil.which("dumpcap"):
             cap = subprocess.Popen(
                 ["taskset", "-c", PEER_CORE, "dumpcap", "-q", "-P", "-i", "lo", "-s", "1024",
@@ -293,13 +296,13 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
         core0 = core_busy_seconds(int(SWITCH_CORE))
         sampler.start()
         t0 = time.monotonic()
-        uac_cmd = ["taskset", "-c", PEER_CORE, sipp, "-sf", str(helpers.SCENARIOS / "uac.xml"),
-                   sw.sip_addr, "-s", helpers.CALLED, "-i", "127.0.0.1", "-p", str(uac_port),
+        uac_cmd = ["taskset", "-c", PEER_CORE, sipp, "-sf", str(SCENARIOS / "uac.xml"),
+                   sw.sip_addr, "-s", CALLED, "-i", "127.0.0.1", "-p", str(uac_port),
                    "-r", str(rate), "-m", str(calls), "-d", "0", "-l", "30000", "-nostdin",
                    "-timeout", f"{tmo}s", "-timeout_error", "-cid_str", f"bench-r{rate}-%u",
                    "-trace_stat", "-stf", "uac_stat.csv", "-fd", "1", "-trace_rtt",
                    "-rtt_freq", "1", "-trace_err", "-error_file", "uac_err.log",
-                   "-cp", str(helpers.free_port())]
+                   "-cp", str(free_port())]
         with (out / "uac.out").open("wb") as uac_out:
             try:
                 uac_rc = subprocess.run(uac_cmd, cwd=out, stdout=uac_out,
@@ -354,14 +357,14 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path)
         if db_url is None:
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
-                step.cdrs = helpers.count_cdrs(sw.dsn, like)
+                step.cdrs = count_cdrs(sw.dsn, like)
                 if step.cdrs >= calls:
                     break
                 time.sleep(0.25)
             step.switch_rc = sw.stop()
         else:
             step.switch_rc = sw.stop()
-            step.cdrs = helpers.count_cdrs(db_url, like)
+            step.cdrs = count_cdrs(db_url, like)
 
         why = step.why
         if uac_rc != 0:
@@ -431,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="keep per-step files here")
     p.add_argument("--keep", action="store_true", help="keep the packet captures")
     args = p.parse_args(argv)
-    if helpers.SIPP is None:
+    if SIPP is None:
         print("bench_sip: sipp not found (apt-get install sip-tester)", file=sys.stderr)
         return 2
     if (os.cpu_count() or 1) < 2:
@@ -439,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path(tempfile.mkdtemp(prefix="dce-bench-"))
     server = None if args.embedded else args.database_url
-    db_url = helpers.create_database(server, prefix="dce_bench") if server else None
+    db_url = create_database(server, prefix="dce_bench") if server else None
     print(f"dce bench: switch on core {SWITCH_CORE}, SIPp uac+uas on core {PEER_CORE}; "
           f"database: {'fresh database on ' + server.split('@')[-1] if server else 'embedded'}"
           f"; files in {out}", flush=True)
@@ -456,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     finally:
         if server and db_url:
-            helpers.drop_database(server, db_url)
+            drop_database(server, db_url)
     clean = [s for s in steps if s.clean]
     best = max(clean, key=lambda s: s.achieved_cps, default=None)
     print()

@@ -16,15 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import Switch
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.integration)
+from tests.integration.db import create_database, drop_database
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import SIPP
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +29,9 @@ def server_url() -> str | None:
 
 @pytest.fixture(scope="session")
 def sipp() -> str:
-    if helpers.SIPP is None:
+    if SIPP is None:
         pytest.skip("sipp (Debian package sip-tester) is not installed")
-    return helpers.SIPP
+    return SIPP
 
 
 SwitchFactory = Callable[..., Switch]
@@ -63,7 +57,7 @@ def switches(
              embedded: bool = False, start: bool = True, database_url: str | None = None,
              **kw: Any) -> Switch:
         if database_url is None and not embedded and server_url is not None:
-            database_url = helpers.create_database(server_url)
+            database_url = create_database(server_url)
             databases.append(database_url)
         if database_url is None and "data_dir" not in kw:
             # The embedded server runs as an unprivileged user when we are root, and pytest's
@@ -91,7 +85,7 @@ def switches(
                             + tracebacks[0])
     if server_url is not None:
         for url in databases:
-            helpers.drop_database(server_url, url)
+            drop_database(server_url, url)
     if failures:
         pytest.fail("switch problems at teardown:\n" + "\n\n".join(failures), pytrace=False)
     if os.environ.get("DCE_IT_KEEP") is None:  # DCE_IT_KEEP=1 keeps logs and data dirs

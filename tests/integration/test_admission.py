@@ -10,23 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import Switch, UdpWatcher, run_uac, sip_headers
+from tests.integration import dce_process
+from tests.integration.db import wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, run_uac, sip_headers, start_uas
+from tests.integration.sipwire import UdpWatcher
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def buyer_port() -> int:
-    return helpers.free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
 def sw(switches: object, buyer_port: int, sipp: str) -> Switch:
     config = {
-        "trunks": [helpers.ip_trunk(sources=["127.0.0.1/32"])],
-        "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+        "trunks": [dce_process.ip_trunk(sources=["127.0.0.1/32"])],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
     }
     return switches(config, name="admission")  # type: ignore[operator,no-any-return]
 
@@ -47,7 +51,7 @@ def test_unknown_source_403(sw: Switch, buyer_port: int, workdir: Path) -> None:
 
 
 def test_admitted_source_still_calls(sw: Switch, buyer_port: int, workdir: Path) -> None:
-    buyer = helpers.start_uas(workdir, "uas.xml", buyer_port)
+    buyer = start_uas(workdir, "uas.xml", buyer_port)
     try:
         caller = run_uac(workdir, "uac.xml", sw.sip_addr, name="uac-ok", extra=["-d", "100"])
         done = buyer.wait(15)
@@ -55,5 +59,5 @@ def test_admitted_source_still_calls(sw: Switch, buyer_port: int, workdir: Path)
         buyer.kill()
     assert caller.ok, caller.describe()
     assert done.ok, done.describe()
-    cdr = helpers.wait_cdr(sw.dsn, caller.call_id)
+    cdr = wait_cdr(sw.dsn, caller.call_id)
     assert cdr["trunk_id"] == "it-ip" and cdr["disposition"] == "answered", cdr

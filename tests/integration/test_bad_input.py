@@ -14,8 +14,11 @@ import time
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import SipSocket, Switch, build_request
+from tests.integration import dce_process
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, CALLER
+from tests.integration.sipwire import SDP_OFFER, SipSocket, build_request
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +26,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def sw(switches: object) -> Switch:
     config = {
-        "trunks": [helpers.ip_trunk()],
-        "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{helpers.free_port()}"])],
+        "trunks": [dce_process.ip_trunk()],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{free_port()}"])],
     }
     return switches(config, name="badinput", env={"DCE_SIP_T1": "50ms"})  # type: ignore[operator]
 
@@ -39,7 +42,7 @@ def assert_serving(sw: Switch) -> None:
 
 def headers_without(name: str, s: SipSocket, sw: Switch) -> list[tuple[str, str]]:
     hs = [s.via(), ("From", "<sip:probe@127.0.0.1>;tag=bad1"),
-          ("To", f"<sip:{helpers.CALLED}@127.0.0.1>"), ("Call-ID", f"it-bad-{os.getpid()}"),
+          ("To", f"<sip:{CALLED}@127.0.0.1>"), ("Call-ID", f"it-bad-{os.getpid()}"),
           ("CSeq", "1 OPTIONS"), ("Max-Forwards", "70")]
     return [h for h in hs if h[0].lower() != name.lower()]
 
@@ -71,12 +74,12 @@ def test_garbage_bytes(sw: Switch) -> None:
 def test_truncated_request_400(sw: Switch) -> None:
     """RFC 3261 §18.3: a datagram that ends before Content-Length says: 400 for a request."""
     with SipSocket(("127.0.0.1", sw.sip_port)) as s:
-        msg = build_request("INVITE", f"sip:{helpers.CALLED}@127.0.0.1:{sw.sip_port}", [
-            s.via(), ("From", f"<sip:{helpers.CALLER}@127.0.0.1>;tag=tr1"),
-            ("To", f"<sip:{helpers.CALLED}@127.0.0.1>"), ("Call-ID", "it-truncated-body"),
+        msg = build_request("INVITE", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [
+            s.via(), ("From", f"<sip:{CALLER}@127.0.0.1>;tag=tr1"),
+            ("To", f"<sip:{CALLED}@127.0.0.1>"), ("Call-ID", "it-truncated-body"),
             ("CSeq", "1 INVITE"), ("Max-Forwards", "70"), ("Content-Type", "application/sdp")],
-            helpers.SDP_OFFER)
-        msg = msg.replace(f"Content-Length: {len(helpers.SDP_OFFER)}".encode(),
+            SDP_OFFER)
+        msg = msg.replace(f"Content-Length: {len(SDP_OFFER)}".encode(),
                           b"Content-Length: 500")
         s.send(msg)
         resp, _ = s.recv_final(3.0)
@@ -90,9 +93,9 @@ def test_truncated_request_400(sw: Switch) -> None:
 def test_largest_udp_datagram(sw: Switch) -> None:
     """65,507 bytes, the IPv4 UDP maximum (a "> 64 KiB" datagram cannot exist over IPv4)."""
     with SipSocket(("127.0.0.1", sw.sip_port)) as s:
-        head = build_request("INVITE", f"sip:{helpers.CALLED}@127.0.0.1:{sw.sip_port}", [
-            s.via(), ("From", f"<sip:{helpers.CALLER}@127.0.0.1>;tag=big1"),
-            ("To", f"<sip:{helpers.CALLED}@127.0.0.1>"), ("Call-ID", "it-big-datagram"),
+        head = build_request("INVITE", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [
+            s.via(), ("From", f"<sip:{CALLER}@127.0.0.1>;tag=big1"),
+            ("To", f"<sip:{CALLED}@127.0.0.1>"), ("Call-ID", "it-big-datagram"),
             ("CSeq", "1 INVITE"), ("Max-Forwards", "70"), ("X-Pad", "{PAD}")])
         pad = 65507 - len(head) + len("{PAD}")
         msg = head.replace(b"{PAD}", b"p" * pad)
@@ -107,7 +110,7 @@ def test_largest_udp_datagram(sw: Switch) -> None:
 def test_oversized_tcp_message(sw: Switch) -> None:
     """A TCP peer announcing a huge body is refused without buffering it."""
     with socket.create_connection(("127.0.0.1", sw.sip_port), timeout=5) as c:
-        c.sendall(build_request("INVITE", f"sip:{helpers.CALLED}@127.0.0.1", [
+        c.sendall(build_request("INVITE", f"sip:{CALLED}@127.0.0.1", [
             ("Via", "SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKhuge"), ("From", "<sip:a@b>;tag=1"),
             ("To", "<sip:c@d>"), ("Call-ID", "it-huge-tcp"), ("CSeq", "1 INVITE"),
             ("Max-Forwards", "70")]).replace(b"Content-Length: 0", b"Content-Length: 99999999"))
@@ -123,7 +126,7 @@ def test_tcp_peer_sends_half_a_message_and_stalls(sw: Switch) -> None:
     """While one TCP peer sits on half a message, others (UDP and TCP) are served."""
     stalled = socket.create_connection(("127.0.0.1", sw.sip_port), timeout=5)
     try:
-        stalled.sendall(b"INVITE sip:" + helpers.CALLED.encode() + b"@127.0.0.1 SIP/2.0\r\n"
+        stalled.sendall(b"INVITE sip:" + CALLED.encode() + b"@127.0.0.1 SIP/2.0\r\n"
                         b"Via: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKstall\r\nFrom: <sip:a@b>")
         time.sleep(0.3)
         assert_serving(sw)
@@ -141,7 +144,7 @@ def _flood(sw: Switch, count: int, tag: str) -> int:
         batch = 200
         for start in range(0, count, batch):
             for i in range(start, min(count, start + batch)):
-                s.send(build_request("BYE", f"sip:{helpers.CALLED}@127.0.0.1:{sw.sip_port}", [
+                s.send(build_request("BYE", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [
                     s.via(), ("From", f"<sip:a@127.0.0.1>;tag=f{i}"),
                     ("To", f"<sip:b@127.0.0.1>;tag=t{i}"), ("Call-ID", f"it-flood-{tag}-{i}"),
                     ("CSeq", "2 BYE"), ("Max-Forwards", "70")]))

@@ -21,20 +21,19 @@ from typing import Any
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import (
-    CALLED,
+from tests.integration import dce_process
+from tests.integration.db import wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, CALLER, SippResult, run_uac, sip_headers, start_uas
+from tests.integration.sipwire import (
+    SDP_OFFER,
     DigestUac,
-    SippResult,
     SipSocket,
-    Switch,
     UdpWatcher,
     build_request,
-    run_uac,
-    sip_headers,
-    start_uas,
-    wait_cdr,
+    parse_challenge,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +44,23 @@ DIGEST_USER, DIGEST_PASS = "seller1", "s3cret-Pass"
 
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {"P1": helpers.free_port(), "P2": helpers.free_port(), "P3": helpers.free_port()}
+    return {"P1": free_port(), "P2": free_port(), "P3": free_port()}
 
 
 @pytest.fixture(scope="module")
 def sw(switches: Any, ports: dict[str, int], sipp: str) -> Switch:
     p1, p2, p3 = ports["P1"], ports["P2"], ports["P3"]
     config = {
-        "trunks": [helpers.ip_trunk(), helpers.digest_trunk(DIGEST_USER, DIGEST_PASS)],
+        "trunks": [dce_process.ip_trunk(), dce_process.digest_trunk(DIGEST_USER, DIGEST_PASS)],
         "campaigns": [
-            helpers.campaign("main", ["+" + CALLED]),
-            helpers.campaign("noroute", ["+" + NOROUTE], reserve="1.00"),
-            helpers.campaign("tcp", ["+" + TCP_NUMBER]),
+            dce_process.campaign("main", ["+" + CALLED]),
+            dce_process.campaign("noroute", ["+" + NOROUTE], reserve="1.00"),
+            dce_process.campaign("tcp", ["+" + TCP_NUMBER]),
         ],
         "buyers": [
-            helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{p1}", f"sip:buyer@127.0.0.1:{p2}"]),
-            helpers.buyer("btcp", [f"sip:buyer@127.0.0.1:{p3};transport=tcp"],
-                          profiles=[{"id": "tcp-only", "campaign_id": "tcp", "bid": "1.00"}]),
+            dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{p1}", f"sip:buyer@127.0.0.1:{p2}"]),
+            dce_process.buyer("btcp", [f"sip:buyer@127.0.0.1:{p3};transport=tcp"],
+                              profiles=[{"id": "tcp-only", "campaign_id": "tcp", "bid": "1.00"}]),
         ],
     }
     return switches(config, name="calls")
@@ -120,7 +119,7 @@ def test_answered_call_caller_hangs_up(sw: Switch, ports: dict[str, int], workdi
     b_cid = b_leg_call_id(buyer)
     cdr = check_cdr(sw, caller.call_id, disposition="answered", sip_status=200,
                     hangup_side="caller", attempts=1, b_call_id=b_cid, trunk_id="it-ip",
-                    called="+" + CALLED, caller=helpers.CALLER, buyer_id="b1")
+                    called="+" + CALLED, caller=CALLER, buyer_id="b1")
     assert f":{ports['P1']}" in (cdr["endpoint"] or ""), cdr
     assert cdr["duration_ms"] >= 400, cdr
     assert cdr["answered_at"] is not None and cdr["decision_us"] is not None, cdr
@@ -239,7 +238,7 @@ def test_digest_challenge_then_call(sw: Switch, ports: dict[str, int], workdir: 
     finally:
         buyer.kill()
     assert out.challenge is not None and out.challenge.status == 401, out
-    offered = [helpers.parse_challenge(v).get("algorithm", "MD5").upper()
+    offered = [parse_challenge(v).get("algorithm", "MD5").upper()
                for v in out.challenge.all("WWW-Authenticate")]
     # RFC 8760 §2.4: one header per algorithm, the strongest first.
     assert offered[:1] == ["SHA-256"] and "MD5" in offered, offered
@@ -263,9 +262,9 @@ def test_digest_wrong_password_403(sw: Switch, workdir: Path) -> None:
 def sw_md5_first(switches: Any, ports: dict[str, int], sipp: str) -> Switch:
     """A second switch offering MD5 first (DCE_DIGEST_ALGORITHMS=MD5,SHA-256) for SIPp."""
     config = {
-        "trunks": [helpers.ip_trunk(), helpers.digest_trunk(DIGEST_USER, DIGEST_PASS)],
-        "campaigns": [helpers.campaign("main", ["+" + CALLED])],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{ports['P1']}"])],
+        "trunks": [dce_process.ip_trunk(), dce_process.digest_trunk(DIGEST_USER, DIGEST_PASS)],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{ports['P1']}"])],
     }
     return switches(config, name="calls-md5", env={"DCE_DIGEST_ALGORITHMS": "MD5,SHA-256"})
 
@@ -320,10 +319,10 @@ def test_bye_for_no_dialog_481(sw: Switch) -> None:
 def test_max_forwards_zero_483(sw: Switch) -> None:
     with SipSocket(("127.0.0.1", sw.sip_port)) as s:
         s.send(build_request("INVITE", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [
-            s.via(), ("From", f"<sip:{helpers.CALLER}@127.0.0.1>;tag=mf0"),
+            s.via(), ("From", f"<sip:{CALLER}@127.0.0.1>;tag=mf0"),
             ("To", f"<sip:{CALLED}@127.0.0.1>"), ("Call-ID", "it-max-forwards-0"),
             ("CSeq", "1 INVITE"), ("Max-Forwards", "0"), ("Contact", "<sip:a@127.0.0.1>"),
-            ("Content-Type", "application/sdp")], helpers.SDP_OFFER))
+            ("Content-Type", "application/sdp")], SDP_OFFER))
         resp, _ = s.recv_final(3.0)
         if resp is not None and resp.status >= 300:
             s.send(build_request("ACK", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [

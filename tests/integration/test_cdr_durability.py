@@ -1,6 +1,6 @@
 """No CDR is lost or written twice: the database goes away during calls and comes back.
 
-A TCP proxy (helpers.PgProxy) sits between `dce run` and PostgreSQL. A batch of SIPp calls
+A TCP proxy (PgProxy) sits between `dce run` and PostgreSQL. A batch of SIPp calls
 runs; in the middle the proxy is cut (connects refused, open connections reset), then
 restored; the switch is stopped with SIGTERM (drain, flush). The ``cdrs`` table must then hold
 exactly one row per call, and the switch must have spooled some of them (else the outage never
@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import PgProxy, Sipp, sipp_command, start_uas
+from tests.integration import dce_process
+from tests.integration.db import create_database, drop_database, fetch
+from tests.integration.pgproxy import PgProxy, upstream_of, via_port
+from tests.integration.sipp import CALLED, Sipp, sipp_command, start_uas
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +37,12 @@ RATE = 10
 def proxied_database(server_url: str | None) -> Iterator[tuple[PgProxy, str, str]]:
     """(proxy, URL for the switch through the proxy, direct URL for counting rows)."""
     if server_url is not None:
-        db_url = helpers.create_database(server_url, prefix="dce_it_outage")
+        db_url = create_database(server_url, prefix="dce_it_outage")
         try:
-            with PgProxy(helpers.upstream_of(db_url)) as proxy:
-                yield proxy, helpers.via_port(db_url, proxy.port), db_url
+            with PgProxy(upstream_of(db_url)) as proxy:
+                yield proxy, via_port(db_url, proxy.port), db_url
         finally:
-            helpers.drop_database(server_url, db_url)
+            drop_database(server_url, db_url)
         return
     from store.embedded import PG_PORT, EmbeddedPostgres
 
@@ -61,15 +64,15 @@ def proxied_database(server_url: str | None) -> Iterator[tuple[PgProxy, str, str
 def test_database_outage_during_calls_loses_no_cdr(switches: object, server_url: str | None,
                                                    sipp: str, workdir: Path) -> None:
     with proxied_database(server_url) as (proxy, switch_url, direct_url):
-        buyer_port = helpers.free_port()
+        buyer_port = free_port()
         config = {
-            "trunks": [helpers.ip_trunk()],
-            "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-            "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+            "trunks": [dce_process.ip_trunk()],
+            "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+            "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
         }
         sw = switches(config, name="outage", database_url=switch_url)  # type: ignore[operator]
         buyer = start_uas(workdir, "uas.xml", buyer_port, calls=CALLS, timeout_s=60)
-        cmd, first = sipp_command("uac.xml", "uac-batch", port=helpers.free_port(),
+        cmd, first = sipp_command("uac.xml", "uac-batch", port=free_port(),
                                   remote=sw.sip_addr, calls=CALLS, timeout_s=60,
                                   extra=["-r", str(RATE), "-d", "200"])
         prefix = first.rsplit("-", 1)[0]
@@ -86,8 +89,8 @@ def test_database_outage_during_calls_loses_no_cdr(switches: object, server_url:
         assert sw.stop() == 0, sw.tail()
         closed = [d for d in sw.logs() if d.get("msg") == "CDR writer closed"]
         spooled = sum(int(d.get("spooled", 0)) for d in closed)
-        rows = helpers.fetch(direct_url, "SELECT count(*) AS n, count(DISTINCT call_id) AS u "
-                                         "FROM cdrs WHERE a_call_id LIKE $1", prefix + "-%")
+        rows = fetch(direct_url, "SELECT count(*) AS n, count(DISTINCT call_id) AS u "
+                                 "FROM cdrs WHERE a_call_id LIKE $1", prefix + "-%")
     n, unique = rows[0]["n"], rows[0]["u"]
     assert (n, unique) == (CALLS, CALLS), (
         f"{n} CDR rows ({unique} distinct) for {CALLS} calls; writer: {closed}\n{sw.tail(30)}")

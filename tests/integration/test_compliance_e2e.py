@@ -18,19 +18,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.compliance.stirkit import make_ca, make_leaf, passport, write_store
-from tests.integration import helpers
-from tests.integration.helpers import (
-    CALLED,
-    CALLER,
-    SipSocket,
-    Switch,
-    build_request,
-    dce_command,
-    run_uac,
-    sip_headers,
-    start_uas,
-    wait_cdr,
-)
+from tests.integration import dce_process
+from tests.integration.db import wait_cdr
+from tests.integration.dce_process import Switch, dce_command
+from tests.integration.sipp import CALLED, CALLER, run_uac, sip_headers, start_uas
+from tests.integration.sipwire import SipSocket, build_request
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,24 +52,25 @@ def stir_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 @pytest.fixture(scope="module")
 def buyer_port() -> int:
-    return helpers.free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
 def sw(switches: Any, sipp: str, stir_dir: tuple[Path, Any], buyer_port: int,
        tmp_path_factory: pytest.TempPathFactory) -> Switch:
     config = {
-        "trunks": [helpers.ip_trunk()],
+        "trunks": [dce_process.ip_trunk()],
         "campaigns": [
-            helpers.campaign("dnc", ["+" + DNC_NUMBER],
-                             compliance={"calling_hours": False, "dnc_lists": ["federal"],
-                                         "fraud_threshold": 100}),
-            helpers.campaign("hours", ["+" + HOURS_NUMBER],
-                             compliance={"calling_hours": True, "hours_window": _closed_window(),
-                                         "fraud_threshold": 100}),
-            helpers.campaign("open", ["+" + OPEN_NUMBER, "+" + CALLED]),
+            dce_process.campaign("dnc", ["+" + DNC_NUMBER],
+                                 compliance={"calling_hours": False, "dnc_lists": ["federal"],
+                                             "fraud_threshold": 100}),
+            dce_process.campaign("hours", ["+" + HOURS_NUMBER],
+                                 compliance={"calling_hours": True,
+                                             "hours_window": _closed_window(),
+                                             "fraud_threshold": 100}),
+            dce_process.campaign("open", ["+" + OPEN_NUMBER, "+" + CALLED]),
         ],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
     }
     switch = switches(config, start=False, env={"DCE_STIR_TRUST_DIR": str(stir_dir[0])})
     # The federal list, imported with the CLI a user would run, before the switch starts.
@@ -147,7 +141,8 @@ def _call_with(sw: Switch, workdir: Path, buyer_port: int, extra: list[tuple[str
             ("Max-Forwards", "70"), common[0], ("To", to), common[2], ("CSeq", "2 BYE")]))
         bye_ok = s.recv(timeout=5)
         assert bye_ok is not None and bye_ok.status == 200
-    assert uas.wait(20).ok, uas.describe()
+    result = uas.wait(20)
+    assert result.ok, result.describe()
     return call_id
 
 

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import Switch, run_uac, start_uas, wait_cdr
+from tests.integration import dce_process
+from tests.integration.db import fetch, wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, run_uac, start_uas
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +63,11 @@ def one_call(sw: Switch, buyer_port: int, workdir: Path, name: str) -> str:
 
 def test_embedded_database_restart_and_kill_9(switches: object, sipp: str,
                                               workdir: Path) -> None:
-    buyer_port = helpers.free_port()
+    buyer_port = free_port()
     config = {
-        "trunks": [helpers.ip_trunk()],
-        "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+        "trunks": [dce_process.ip_trunk()],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
     }
     sw: Switch = switches(config, name="embedded", embedded=True, start=False)  # type: ignore[operator]
     assert sw.data_dir is not None
@@ -80,7 +83,7 @@ def test_embedded_database_restart_and_kill_9(switches: object, sipp: str,
     sw.kill()  # kill -9: no drain; the embedded server is left behind
     sw.start(timeout=60)  # reattach to (or restart) the orphaned server
     third = one_call(sw, buyer_port, workdir, "third")
-    ids = {r["a_call_id"] for r in helpers.fetch(sw.dsn, "SELECT a_call_id FROM cdrs")}
+    ids = {r["a_call_id"] for r in fetch(sw.dsn, "SELECT a_call_id FROM cdrs")}
     assert {first, second, third} <= ids, ids
     assert sw.stop() == 0, sw.tail()
     wait_no_postgres(sw.data_dir)

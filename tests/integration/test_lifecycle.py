@@ -11,35 +11,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import (
-    SipSocket,
-    Switch,
-    build_request,
+from tests.integration import dce_process
+from tests.integration.db import wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import (
+    CALLED,
+    CALLER,
+    Sipp,
     run_uac,
     sip_headers,
+    sipp_command,
     start_uas,
-    wait_cdr,
 )
+from tests.integration.sipwire import SDP_OFFER, SipSocket, build_request
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def _config(buyer_port: int) -> dict[str, object]:
     return {
-        "trunks": [helpers.ip_trunk()],
-        "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+        "trunks": [dce_process.ip_trunk()],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
     }
 
 
 def test_overload_503_with_retry_after(switches: object, sipp: str, workdir: Path) -> None:
-    buyer_port = helpers.free_port()
+    buyer_port = free_port()
     sw: Switch = switches(_config(buyer_port), name="overload",  # type: ignore[operator]
                           env={"DCE_MAX_CALLS": "1", "DCE_RING_TIMEOUT": "5s"})
     buyer = start_uas(workdir, "uas.xml", buyer_port, timeout_s=15)
-    first = helpers.Sipp("uac-first", workdir, *helpers.sipp_command(
-        "uac.xml", "uac-first", port=helpers.free_port(), remote=sw.sip_addr, timeout_s=15,
+    first = Sipp("uac-first", workdir, *sipp_command(
+        "uac.xml", "uac-first", port=free_port(), remote=sw.sip_addr, timeout_s=15,
         extra=["-d", "3000"])).start()
     try:
         deadline = time.monotonic() + 5
@@ -47,12 +51,12 @@ def test_overload_503_with_retry_after(switches: object, sipp: str, workdir: Pat
             time.sleep(0.05)
         # the first call is held for 3 s: a second one must be refused meanwhile
         with SipSocket(("127.0.0.1", sw.sip_port)) as s:
-            s.send(build_request("INVITE", f"sip:{helpers.CALLED}@127.0.0.1:{sw.sip_port}", [
-                s.via(), ("From", f"<sip:{helpers.CALLER}@127.0.0.1>;tag=ov1"),
-                ("To", f"<sip:{helpers.CALLED}@127.0.0.1>"), ("Call-ID", "it-overload-2"),
+            s.send(build_request("INVITE", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}", [
+                s.via(), ("From", f"<sip:{CALLER}@127.0.0.1>;tag=ov1"),
+                ("To", f"<sip:{CALLED}@127.0.0.1>"), ("Call-ID", "it-overload-2"),
                 ("CSeq", "1 INVITE"), ("Max-Forwards", "70"),
-                ("Contact", f"<sip:{helpers.CALLER}@127.0.0.1>"),
-                ("Content-Type", "application/sdp")], helpers.SDP_OFFER))
+                ("Contact", f"<sip:{CALLER}@127.0.0.1>"),
+                ("Content-Type", "application/sdp")], SDP_OFFER))
             resp, _ = s.recv_final(3.0)
         a = first.wait(20)
         b = buyer.wait(15)
@@ -67,11 +71,11 @@ def test_overload_503_with_retry_after(switches: object, sipp: str, workdir: Pat
 
 def test_sigterm_drains_live_call(switches: object, sipp: str, workdir: Path) -> None:
     """A call in progress at SIGTERM gets BYE on both legs, and its CDR is written."""
-    buyer_port = helpers.free_port()
+    buyer_port = free_port()
     sw: Switch = switches(_config(buyer_port), name="drain")  # type: ignore[operator]
     buyer = start_uas(workdir, "uas.xml", buyer_port, timeout_s=20)
-    caller = helpers.Sipp("uac-drain", workdir, *helpers.sipp_command(
-        "uac-expect-bye.xml", "uac-drain", port=helpers.free_port(), remote=sw.sip_addr,
+    caller = Sipp("uac-drain", workdir, *sipp_command(
+        "uac-expect-bye.xml", "uac-drain", port=free_port(), remote=sw.sip_addr,
         timeout_s=20)).start()
     try:
         deadline = time.monotonic() + 5
@@ -97,7 +101,7 @@ def test_sigterm_drains_live_call(switches: object, sipp: str, workdir: Path) ->
 def test_restart_with_same_config_is_idempotent(switches: object, sipp: str,
                                                 workdir: Path) -> None:
     """The config file is loaded into the database at every start without duplicates."""
-    buyer_port = helpers.free_port()
+    buyer_port = free_port()
     sw: Switch = switches(_config(buyer_port), name="reload")  # type: ignore[operator]
     assert sw.stop() == 0
     sw.start()

@@ -30,19 +30,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import (
-    CALLED,
-    CALLER,
-    SipMessage,
-    Sipp,
-    Switch,
-    build_request,
-    parse_sip,
-    sipp_command,
-    start_uas,
-    wait_cdr,
-)
+from tests.integration import dce_process
+from tests.integration.db import fetch, wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, CALLER, Sipp, sipp_command, start_uas
+from tests.integration.sipwire import SipMessage, build_request, parse_sip
+from tests.ports import free_port, free_port_range, rtp_socket_pair, unbindable_udp_ports
 
 pytestmark = pytest.mark.integration
 
@@ -70,21 +63,21 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(switches: Any) -> Env:
-    buyer_port = helpers.free_port(BUYER_IP)
-    bulk_port = helpers.free_port()
-    low, high = helpers.free_port_range(RTP_PORTS)
+    buyer_port = free_port(BUYER_IP)
+    bulk_port = free_port()
+    low, high = free_port_range(RTP_PORTS)
     config = {
-        "trunks": [helpers.ip_trunk(sources=["127.0.0.0/8"])],
+        "trunks": [dce_process.ip_trunk(sources=["127.0.0.0/8"])],
         "campaigns": [
-            helpers.campaign("main", ["+" + CALLED]),
-            helpers.campaign("bulk", ["+" + BULK_NUMBER]),
+            dce_process.campaign("main", ["+" + CALLED]),
+            dce_process.campaign("bulk", ["+" + BULK_NUMBER]),
         ],
         "buyers": [
             # No profiles: the fallback buyer of campaign main (and the Python UAS).
-            helpers.buyer("py", [f"sip:buyer@{BUYER_IP}:{buyer_port}"]),
+            dce_process.buyer("py", [f"sip:buyer@{BUYER_IP}:{buyer_port}"]),
             # Bids on campaign bulk only: the SIPp UAS of the 1,000-call run.
-            helpers.buyer("bulk", [f"sip:buyer@127.0.0.1:{bulk_port}"],
-                          profiles=[{"id": "bulk", "campaign_id": "bulk", "bid": "1.00"}]),
+            dce_process.buyer("bulk", [f"sip:buyer@127.0.0.1:{bulk_port}"],
+                              profiles=[{"id": "bulk", "campaign_id": "bulk", "bid": "1.00"}]),
         ],
     }
     sw = switches(config, name="media", env={
@@ -111,7 +104,7 @@ class Media:
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
-        self.rtp, self.rtcp = helpers.rtp_socket_pair(ip)
+        self.rtp, self.rtcp = rtp_socket_pair(ip)
         self.port = self.rtp.getsockname()[1]
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
@@ -642,7 +635,7 @@ def test_ports_all_free_after_1000_calls(env: Env, sipp: str, workdir: Path) -> 
     uas = start_uas(workdir, "uas.xml", env.bulk_port, calls=BULK_CALLS, timeout_s=60,
                     name="uas-bulk")
     try:
-        cmd, first = sipp_command("uac.xml", "uac-bulk", port=helpers.free_port(),
+        cmd, first = sipp_command("uac.xml", "uac-bulk", port=free_port(),
                                   remote=sw.sip_addr, calls=BULK_CALLS, timeout_s=60,
                                   service=BULK_NUMBER, trace=False,
                                   extra=["-r", str(BULK_RATE), "-d", "50"])
@@ -656,13 +649,13 @@ def test_ports_all_free_after_1000_calls(env: Env, sipp: str, workdir: Path) -> 
     assert served.ok, served.describe()
     sw.wait_idle(10)
     prefix = first.rsplit("-", 1)[0]
-    rows = helpers.fetch(
+    rows = fetch(
         sw.dsn, "SELECT disposition, count(*) AS n FROM cdrs WHERE a_call_id LIKE $1 "
                 "GROUP BY disposition", prefix + "-%")
     deadline = time.monotonic() + 10
     while sum(r["n"] for r in rows) < BULK_CALLS and time.monotonic() < deadline:
         time.sleep(0.2)
-        rows = helpers.fetch(
+        rows = fetch(
             sw.dsn, "SELECT disposition, count(*) AS n FROM cdrs WHERE a_call_id LIKE $1 "
                     "GROUP BY disposition", prefix + "-%")
     assert {r["disposition"]: r["n"] for r in rows} == {"answered": BULK_CALLS}, (rows, elapsed)
@@ -671,7 +664,7 @@ def test_ports_all_free_after_1000_calls(env: Env, sipp: str, workdir: Path) -> 
     assert anchored == BULK_CALLS, f"{anchored} of {BULK_CALLS} buyer INVITEs had c={MEDIA_IP}"
     # The sockets close one loop iteration after the call ends: allow a moment.
     deadline = time.monotonic() + 2.0
-    while (taken := helpers.unbindable_udp_ports(MEDIA_IP, env.rtp_low, env.rtp_high)) and \
+    while (taken := unbindable_udp_ports(MEDIA_IP, env.rtp_low, env.rtp_high)) and \
             time.monotonic() < deadline:
         time.sleep(0.1)
     assert not taken, f"{len(taken)} relay ports still bound after {BULK_CALLS} calls: {taken[:20]}"

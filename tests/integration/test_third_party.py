@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import helpers
-from tests.integration.helpers import Switch, run_uac, wait_cdr
+from tests.integration import dce_process
+from tests.integration.db import fetch, wait_cdr
+from tests.integration.dce_process import Switch
+from tests.integration.sipp import CALLED, CALLER, run_uac
+from tests.ports import free_port, free_port_range, wait_bound
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +37,7 @@ def _baresip_config(root: Path, port: int) -> Path:
     subprocess.run([SOX or "sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e",
                     "signed-integer", str(wav), "synth", str(WAV_SECONDS), "sine", "440"],
                    check=True, timeout=20)
-    rtp_lo, rtp_hi = helpers.free_port_range(40)
+    rtp_lo, rtp_hi = free_port_range(40)
     (root / "config").write_text(
         f"poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\nnet_interface\t127.0.0.1\n"
         f"audio_player\taubridge,x\naudio_source\taufile,{wav}\naudio_alert\taubridge,x\n"
@@ -49,7 +52,7 @@ def _baresip_config(root: Path, port: int) -> Path:
 
 @pytest.fixture(scope="module")
 def baresip_port() -> int:
-    return helpers.free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def baresip(tmp_path_factory: pytest.TempPathFactory, baresip_port: int) -> Iter
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     try:
-        helpers.wait_bound(baresip_port, timeout=10)
+        wait_bound(baresip_port, timeout=10)
         yield root
     finally:
         proc.kill()
@@ -74,9 +77,9 @@ def baresip(tmp_path_factory: pytest.TempPathFactory, baresip_port: int) -> Iter
 @pytest.fixture(scope="module")
 def sw(switches: object, baresip: Path, baresip_port: int) -> Switch:
     config = {
-        "trunks": [helpers.ip_trunk()],
-        "campaigns": [helpers.campaign("main", ["+" + helpers.CALLED])],
-        "buyers": [helpers.buyer("bare", [f"sip:buyer@127.0.0.1:{baresip_port}"])],
+        "trunks": [dce_process.ip_trunk()],
+        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
+        "buyers": [dce_process.buyer("bare", [f"sip:buyer@127.0.0.1:{baresip_port}"])],
     }
     return switches(config, name="thirdparty")  # type: ignore[operator,no-any-return]
 
@@ -97,23 +100,23 @@ def test_linphonec_caller_baresip_buyer(sw: Switch, baresip: Path, workdir: Path
         pytest.skip("linphonec (Debian package linphone-cli) is not installed")
     home = workdir / "home"
     (home / ".local/share/linphone").mkdir(parents=True)  # its call-log database lives here
-    port = helpers.free_port()
-    rtp_lo, _ = helpers.free_port_range(20)
+    port = free_port()
+    rtp_lo, _ = free_port_range(20)
     rc = home / "uac.rc"
     # ipv6_migration_done + use_ipv6=0: else the first run rewrites the rc to IPv6 (libs.md).
     rc.write_text(
         "[sip]\n"
         f"sip_port={port}\nsip_tcp_port=-1\nsip_tls_port=-1\nbind_address=127.0.0.1\n"
-        f"ipv6_migration_done=1\nuse_ipv6=0\ncontact=sip:{helpers.CALLER}@127.0.0.1\n"
+        f"ipv6_migration_done=1\nuse_ipv6=0\ncontact=sip:{CALLER}@127.0.0.1\n"
         "guess_hostname=0\n"
         f"[rtp]\naudio_rtp_port={rtp_lo}\nvideo_rtp_port={rtp_lo + 10}\n"
         "[sound]\nechocancellation=0\n")
-    before = {r["call_id"] for r in helpers.fetch(sw.dsn, "SELECT call_id FROM cdrs")}
+    before = {r["call_id"] for r in fetch(sw.dsn, "SELECT call_id FROM cdrs")}
     out_path = workdir / "linphonec.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
             [LINPHONEC, "-c", str(rc), "-d", "3", "-l", str(workdir / "linphonec.log"),
-             "-s", f"sip:{helpers.CALLED}@127.0.0.1:{sw.sip_port}"],
+             "-s", f"sip:{CALLED}@127.0.0.1:{sw.sip_port}"],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
             env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, start_new_session=True)
     try:
@@ -138,10 +141,10 @@ def test_linphonec_caller_baresip_buyer(sw: Switch, baresip: Path, workdir: Path
     deadline = time.monotonic() + 8
     new: list[dict[str, object]] = []
     while time.monotonic() < deadline and not new:
-        new = [r for r in helpers.fetch(sw.dsn, "SELECT * FROM cdrs") if r["call_id"] not in before]
+        new = [r for r in fetch(sw.dsn, "SELECT * FROM cdrs") if r["call_id"] not in before]
         time.sleep(0.1)
     assert len(new) == 1, new
     cdr = new[0]
     assert cdr["disposition"] == "answered" and cdr["hangup_side"] == "buyer", cdr
-    assert cdr["caller"] == helpers.CALLER and cdr["b_call_id"] != cdr["a_call_id"], cdr
+    assert cdr["caller"] == CALLER and cdr["b_call_id"] != cdr["a_call_id"], cdr
     sw.wait_idle()
