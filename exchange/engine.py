@@ -61,10 +61,10 @@ from exchange.caps import (
     Buckets,
     CapsBackend,
     InProcessCaps,
-    RedisCaps,
     TakeOutcome,
     TakeRequest,
 )
+from exchange.caps_redis import RedisCaps
 from exchange.errors import CapsUnavailable
 from exchange.models import ExchangeConfig
 from exchange.money import share

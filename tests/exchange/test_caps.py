@@ -17,10 +17,10 @@ from exchange.caps import (
     CapsBackend,
     CapSpec,
     InProcessCaps,
-    RedisCaps,
     TakeRequest,
     make_spec,
 )
+from exchange.caps_redis import RedisCaps
 from exchange.errors import CapsUnavailable
 
 B = Buckets(hour=2026112315, day=20261123, month=202611)

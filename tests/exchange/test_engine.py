@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from config.settings import load_settings
-from exchange.caps import InProcessCaps, RedisCaps
+from exchange.caps import InProcessCaps
+from exchange.caps_redis import RedisCaps
 from exchange.engine import Exchange
 from exchange.errors import ConfigInvalid
 from exchange.models import (
