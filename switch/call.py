@@ -26,6 +26,10 @@ transactions live on for 32 s but need nothing from the call).
 
 Abandoned attempts (ring timeout, A cancelled) stay known until their transaction ends, so a
 late 2xx from a buyer that we no longer want is ACKed and hung up, never leaked.
+
+Why one module of about 700 lines: every transition of a call, and the failover it drives,
+lives here so that the machine can be read (and checked against ``_NEXT``) in one place; the
+requests that feed it are parsed and dispatched elsewhere (outside.py, indialog.py).
 """
 
 from __future__ import annotations

@@ -95,6 +95,10 @@ Deviations and choices:
   style for UDP, RFC 3581), not to the Via sent-by.
 - An INVITE client transaction in Proceeding has no timer (Figure 5) and neither has a server
   transaction the TU never answers: the TU ends them with ``terminate`` (after CANCEL, §9.1).
+
+Why one module of about 900 lines: the four machines share the key scheme, the timer heap and
+the send path, and every transition of every machine is meant to be read in one place (as
+h11's ``_state.py`` and sipgo's transaction FSMs do).
 """
 
 from __future__ import annotations
