@@ -5,7 +5,7 @@ Three checks stand between a request and the store. msgspec decodes the body int
 modules) and ``field_of`` turns its message into the field the 422 names. The ``check_*``
 functions do what the models cannot express (time zone, SIP URI, hours, money ceiling, CIDRs).
 ``validate_candidate`` compiles the whole candidate config, what is stored with the change
-applied, with ``exchange.auction.compile_index`` exactly as the switch will: an error inside
+applied, with ``exchange.auction_index.compile_index`` exactly as the switch will: an error inside
 the written object is 422 naming its field, one elsewhere is 409.
 
 The SIP URI check reads ``sip:``/``sips:`` URIs as switch/uri.py's ``SipUri.parse`` does
@@ -30,7 +30,7 @@ from api.errors import BadRequest, Conflict, Invalid
 from compliance.errors import InvalidWindow
 from compliance.hours import parse_window
 from compliance.numbers import normalize
-from exchange.auction import compile_index
+from exchange.auction_index import compile_index
 from exchange.errors import ConfigInvalid
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
 

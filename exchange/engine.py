@@ -43,17 +43,14 @@ from decimal import Decimal
 from typing import Any, Final
 
 from compliance.numbers import info as number_info
-from exchange.auction import (
-    DEFAULT_MAX_BIDDERS,
+from exchange.auction import DEFAULT_MAX_BIDDERS, AuctionResult, CallerInfo, run_auction
+from exchange.auction_index import (
     DEFAULT_SURVIVAL_MEAN_S,
     FALLBACK_PROFILE,
     AuctionIndex,
-    AuctionResult,
-    CallerInfo,
     CompiledCampaign,
     CompiledProfile,
     compile_index,
-    run_auction,
 )
 from exchange.caps import (
     CAPS_UNAVAILABLE,

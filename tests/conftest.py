@@ -73,8 +73,9 @@ def database_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from store.embedded import EmbeddedPostgres, find_pginstall
+    from store.embedded import EmbeddedPostgres
     from store.errors import EmbeddedPostgresError
+    from store.pgbinaries import find_pginstall
 
     try:
         find_pginstall()

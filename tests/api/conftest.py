@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.app import mount_api
 from compliance.check import Gate
 from compliance.erasure import Suppression
-from exchange.auction import compile_index
+from exchange.auction_index import compile_index
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
 from store.cdr import Cdr, Disposition
 from store.cdrs import cdr_record
