@@ -1,8 +1,12 @@
 """Switch settings: defaults, then the TOML file's top-level keys, then DCE_* environment variables.
 
-Keys mirror SPEC.md "Settings": the TOML key is the env var name without ``DCE_``, lower case
-(``DCE_SIP_LISTEN`` -> ``sip_listen``). Durations accept ``"250ms"``, ``"30s"``, ``"2m"`` or a
-bare number of seconds. Bad values raise :class:`ConfigError` naming the key.
+Every setting is documented in docs/settings.md. The TOML key is the env var name without
+``DCE_``, lower case (``DCE_SIP_LISTEN`` -> ``sip_listen``). Durations accept ``"250ms"``,
+``"30s"``, ``"2m"`` or a bare number of seconds. Bad values raise :class:`ConfigError`
+naming the key.
+
+Adding a setting is one field on :class:`Settings` (its default's type picks the parser) plus,
+only when the type does not say enough, one entry in ``_PARSERS``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     media_mode: str = "relay"
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Not in SPEC.md's table: SIP timer T1 (RFC 3261 §17), for tests and lossy links, and the
-    # folder of trusted STIR/SHAKEN certificates (PEM), default DCE_DATA_DIR/stir-trust.
+    # SIP timer T1 (RFC 3261 §17), for tests and lossy links, and the folder of trusted
+    # STIR/SHAKEN certificates (PEM), default DCE_DATA_DIR/stir-trust.
     sip_t1: float = 0.5
     stir_trust_dir: Path | None = None
     # Digest algorithms offered in 401 challenges, most preferred first (RFC 8760 §2.4). Some
@@ -93,68 +97,90 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
-_KEYS = (
-    "sip_listen",
-    "http_listen",
-    "media_ip",
-    "rtp_ports",
-    "database_url",
-    "redis_url",
-    "admin_token",
-    "auction_timeout",
-    "ring_timeout",
-    "media_timeout",
-    "max_calls",
-    "log_level",
-    "data_dir",
-    "media_mode",
-    "tls_cert",
-    "tls_key",
-    "sip_t1",
-    "stir_trust_dir",
-    "digest_algorithms",
-)
+_KEYS: tuple[str, ...] = Settings.__struct_fields__
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def parse_int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    try:
+        n = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"expected a whole number, got {value!r}") from exc
+    if n < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, got {n}")
+    return n
+
+
+def parse_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _choice(*allowed: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, key: str) -> str:
+        text = str(value).lower()
+        if text not in allowed:
+            raise ConfigError(key, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _digest_algorithms(raw: Any, key: str) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    algs = tuple(str(a).strip().upper() for a in items if str(a).strip())
+    bad = [a for a in algs if a not in ("SHA-256", "MD5")]
+    if not algs or bad:
+        raise ConfigError(key, f"expected a list of SHA-256 and/or MD5, got {raw!r}")
+    return algs
+
+
+def _ip(raw: Any, key: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(raw)))
+    except ValueError as exc:
+        raise ConfigError(key, f"expected an IP address, got {raw!r}") from exc
+
+
+# Settings whose parser is not implied by their default's type. Others: an int default takes
+# a whole number >= 0, a float default a duration, a bool default true/false, a Path default
+# (or a name ending in _dir/_file) a path, anything else a string ("" means unset).
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "sip_listen": lambda raw, key: parse_hostport(str(raw), key),
+    "http_listen": lambda raw, key: parse_hostport(str(raw), key),
+    "rtp_ports": lambda raw, key: parse_port_range(str(raw), key),
+    "max_calls": lambda raw, key: parse_int(raw, key, minimum=1),
+    "log_level": _choice(*_LOG_LEVELS),
+    "media_mode": _choice("relay", "bypass"),
+    "digest_algorithms": _digest_algorithms,
+    "media_ip": _ip,
+    "tls_cert": lambda raw, key: Path(str(raw)),
+    "tls_key": lambda raw, key: Path(str(raw)),
+    "stir_trust_dir": lambda raw, key: Path(str(raw)),
+}
+_DEFAULTS = Settings()
+
+
 def _coerce(key: str, raw: Any) -> Any:
-    if key in ("sip_listen", "http_listen"):
-        return parse_hostport(str(raw), key)
-    if key == "rtp_ports":
-        return parse_port_range(str(raw), key)
-    if key in ("auction_timeout", "ring_timeout", "media_timeout", "sip_t1"):
+    parser = _PARSERS.get(key)
+    if parser is not None:
+        return parser(raw, key)
+    default = getattr(_DEFAULTS, key)
+    if isinstance(default, bool):
+        return parse_bool(raw, key)
+    if isinstance(default, int):
+        return parse_int(raw, key)
+    if isinstance(default, float):
         return parse_duration(raw, key)
-    if key == "max_calls":
-        try:
-            n = int(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(key, f"expected a whole number, got {raw!r}") from exc
-        if n < 1:
-            raise ConfigError(key, f"must be at least 1, got {n}")
-        return n
-    if key == "log_level":
-        level = str(raw).lower()
-        if level not in _LOG_LEVELS:
-            raise ConfigError(key, f"expected one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
-        return level
-    if key == "media_mode":
-        mode = str(raw).lower()
-        if mode not in ("relay", "bypass"):
-            raise ConfigError(key, f"expected relay or bypass, got {raw!r}")
-        return mode
-    if key == "digest_algorithms":
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        algs = tuple(str(a).strip().upper() for a in items if str(a).strip())
-        bad = [a for a in algs if a not in ("SHA-256", "MD5")]
-        if not algs or bad:
-            raise ConfigError(key, f"expected a list of SHA-256 and/or MD5, got {raw!r}")
-        return algs
-    if key == "media_ip":
-        try:
-            return str(ipaddress.ip_address(str(raw)))
-        except ValueError as exc:
-            raise ConfigError(key, f"expected an IP address, got {raw!r}") from exc
-    if key in ("data_dir", "tls_cert", "tls_key", "stir_trust_dir"):
+    if isinstance(default, Path):
         return Path(str(raw))
     if raw == "":
         return None
@@ -176,7 +202,7 @@ def load_settings(
         if raw is not None:
             values[key] = _coerce(key, raw)
     if "media_ip" not in values:
-        # SPEC: DCE_MEDIA_IP defaults to the SIP listen address (unless that is a wildcard).
+        # DCE_MEDIA_IP defaults to the SIP listen address (unless that is a wildcard).
         host = values.get("sip_listen", Settings().sip_listen)[0]
         values["media_ip"] = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if ("tls_cert" in values) != ("tls_key" in values):
