@@ -114,7 +114,7 @@ class ProfileList(View):
 
 
 class CallSummary(View):
-    """One CDR (SPEC.md "CDR"). Money is USD as decimal strings; times are RFC 3339 UTC.
+    """One CDR (docs/cdr.md). Money is USD as decimal strings; times are RFC 3339 UTC.
 
     A buyer's key sees ``payout`` (the seller's share) as null.
     """
@@ -151,6 +151,7 @@ class CallSummary(View):
     bytes_a_to_b: int | None
     bytes_b_to_a: int | None
     packets_dropped: int | None
+    rule: str | None  # the rule that decided a call that did not connect
 
 
 class CallDetail(CallSummary):

@@ -177,6 +177,7 @@ class CallBridge:
             buyer_id=target.buyer_id if target is not None else None,
             endpoint=record.endpoint,
             attempts=record.attempts,
+            rule=record.rule,
             **media,
         )
         if decision is not None:

@@ -65,3 +65,4 @@ class Cdr(msgspec.Struct, kw_only=True, gc=False):
     bytes_a_to_b: int | None = None
     bytes_b_to_a: int | None = None
     packets_dropped: int | None = None
+    rule: str | None = None  # the Reason rule of a call that did not connect

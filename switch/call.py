@@ -182,13 +182,16 @@ class Calls:
 
     # ------------------------------------------------------------------ start
 
-    def start(self, call: Call, req: SipRequest, now: float) -> None:
-        """An admitted INVITE: 503 when full or draining, else 100 Trying and RouteCall."""
+    def start(self, call: Call, req: SipRequest, now: float, limit: str | None = None) -> None:
+        """An admitted INVITE: 503 when full, draining or over a trunk ``limit`` (the rule the
+        admitter named), else 100 Trying and RouteCall."""
         ctx = self.ctx
         ctx.stats["calls_total"] += 1
-        if self.draining or len(self.live) >= ctx.config.max_calls:
+        if limit is None and (self.draining or len(self.live) >= ctx.config.max_calls):
+            limit = "overload"
+        if limit is not None:
             ctx.stats["calls_rejected_overload"] += 1
-            self._final_to_a(call, 503, "Service Unavailable", rule="overload",
+            self._final_to_a(call, 503, "Service Unavailable", rule=limit,
                              extra=[("retry-after", str(RETRY_AFTER_S))])
             self._end(call, Outcome.OVERLOAD, HangupSide.SYSTEM, 503, registered=False)
             return

@@ -30,6 +30,9 @@ class AdmitResult:
     trunk_id: str | None  # admitted when set
     challenge: list[str] | None = None  # WWW-Authenticate values for a 401
     reason: str = ""  # why not admitted (403)
+    # Admitted, but over one of the trunk's limits: the call gets 503 + Retry-After with this
+    # rule in its Reason, and a CDR (disposition overload).
+    limit: str | None = None
 
 
 class Admitter(Protocol):
@@ -116,7 +119,7 @@ class OutOfDialog:
             called=ruri.user_unescaped or "",
             received=now,
         )
-        self.calls.start(call, req, now)
+        self.calls.start(call, req, now, admit.limit)
 
     def _cancel(self, req: SipRequest, tx: str, now: float) -> None:
         invite_tx = self.ctx.layer.invite_tx_for_cancel(req)

@@ -649,3 +649,21 @@ def test_every_call_state_has_its_transitions_listed() -> None:
     # ENDED is final; every other state can reach it directly.
     assert _NEXT[CallState.ENDED] == frozenset()
     assert all(CallState.ENDED in nxt for s, nxt in _NEXT.items() if s is not CallState.ENDED)
+
+
+def test_trunk_limit_named_by_the_admitter_is_503_with_its_rule() -> None:
+    class Limited:
+        def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
+            return AdmitResult(trunk_id="t1", limit="trunk_cps")
+
+    h = Harness()
+    h.core = SwitchCore(CoreConfig(host="127.0.0.1", port=5060), Limited(), rng=random.Random(1))
+    h.feed(A, invite())
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 503
+    assert resp.headers.get("retry-after") == "5"
+    assert 'text="trunk_cps"' in (resp.headers.get("reason") or "")
+    (w,) = h.cdrs()
+    assert w.record.outcome is Outcome.OVERLOAD and w.record.rule == "trunk_cps"
+    assert w.record.trunk_id == "t1"
+    assert [e for e in h.effects if isinstance(e, RouteCall)] == []
