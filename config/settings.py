@@ -95,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Digest algorithms offered in 401 challenges, most preferred first (RFC 8760 §2.4). Some
     # clients (SIPp 3.6) answer only the first challenge and only in MD5: "MD5,SHA-256".
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # How often the call journal (crash recovery) is fsynced: what a power loss can lose.
+    journal_sync: float = 0.1
 
 
 _KEYS: tuple[str, ...] = Settings.__struct_fields__

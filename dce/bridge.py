@@ -21,12 +21,13 @@ from compliance.check import CallFacts as GateFacts
 from compliance.check import Gate
 from compliance.numbers import normalize
 from compliance.policy import CompliancePolicy
+from dce.journal import Up
 from exchange.engine import Exchange
 from exchange.models import Campaign, ExchangeConfig
 from exchange.routing import CallFacts, Target
 from store.cdr import Cdr, Disposition
 from switch.calllog import CallLog
-from switch.effects import Rejected, RouteCall, Routed, RouteResult
+from switch.effects import CallAnswered, Rejected, RouteCall, Routed, RouteResult
 from switch.record import CallRecord, Outcome
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,55 @@ class CallBridge:
             decision.disposition = Disposition.FAILED
         return Rejected(status=status, reason="Server Internal Error", rule=rule)
 
-    def answered(self, call_id: str, target_index: int) -> None:
-        """A buyer answered: the slots held for the other bidders go back now."""
-        decision = self._decisions.get(call_id)
-        if decision is not None and target_index < len(decision.targets):
-            self.exchange.answered(decision.facts, decision.targets[target_index])
+    def answered(self, effect: CallAnswered, wall: Callable[[float], datetime]) -> Up | None:
+        """A buyer answered: the slots held for the other bidders go back now.
+
+        Returns the journal's record of the answered call: its CDR so far and its money
+        terms, so that a crash cannot lose it (dce/journal.py).
+        """
+        decision = self._decisions.get(effect.call_id)
+        if decision is None or effect.target_index >= len(decision.targets):
+            return None
+        target = decision.targets[effect.target_index]
+        self.exchange.answered(decision.facts, target)
+        facts = decision.facts
+        cdr = Cdr(
+            call_id=facts.call_id,
+            a_call_id=effect.a_leg.call_id,
+            b_call_id=effect.b_leg.call_id,
+            trunk_id=facts.trunk_id or None,
+            source=facts.source,
+            caller=facts.caller,
+            called=facts.called,
+            received_at=facts.received_at,
+            answered_at=wall(effect.at),
+            ended_at=wall(effect.at),
+            disposition=Disposition.ANSWERED,
+            sip_status=200,
+            buyer_id=target.buyer_id,
+            endpoint=target.uri,
+            bid=target.bid,
+            price=target.price,
+            attempts=effect.attempts,
+        )
+        self._with_decision(cdr, decision)
+        return Up(
+            cdr=cdr,
+            min_duration_s=target.min_duration_s,
+            payout_pct=self.exchange.payout_share(facts.trunk_id),
+            a_leg=effect.a_leg,
+            b_leg=effect.b_leg,
+        )
+
+    @staticmethod
+    def _with_decision(cdr: Cdr, decision: Decision) -> None:
+        cdr.campaign_id = decision.campaign_id
+        cdr.compliance = decision.compliance
+        cdr.fraud_score = decision.fraud_score
+        cdr.attestation = decision.attestation
+        cdr.caller_state = decision.caller_state
+        cdr.decision_us = decision.decision_us
+        cdr.auction = decision.auction
 
     def abandon(self, call_id: str) -> None:
         """The call ended while it was being routed: release what routing took."""
@@ -144,7 +189,8 @@ class CallBridge:
         index = record.target_index
         if decision is not None and index is not None and index < len(decision.targets):
             target = decision.targets[index]
-        answered = record.answered is not None
+        # Connected: the buyer's 2xx reached the caller and the caller confirmed it.
+        answered = record.answered is not None and record.confirmed
         if record.outcome is Outcome.REJECTED:
             disposition = (
                 decision.disposition
@@ -168,7 +214,9 @@ class CallBridge:
             caller=caller,
             called=called,
             received_at=wall(record.received),
-            answered_at=wall(record.answered) if record.answered is not None else None,
+            answered_at=(
+                wall(record.answered) if answered and record.answered is not None else None
+            ),
             ended_at=wall(record.ended),
             duration_ms=record.duration_ms,
             disposition=disposition,
@@ -181,13 +229,7 @@ class CallBridge:
             **media,
         )
         if decision is not None:
-            cdr.campaign_id = decision.campaign_id
-            cdr.compliance = decision.compliance
-            cdr.fraud_score = decision.fraud_score
-            cdr.attestation = decision.attestation
-            cdr.caller_state = decision.caller_state
-            cdr.decision_us = decision.decision_us
-            cdr.auction = decision.auction
+            self._with_decision(cdr, decision)
             if answered and target is not None and record.trunk_id:
                 # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
                 self.gate.record_call_end(

@@ -18,12 +18,20 @@ from typing import Any
 
 from dce.bridge import CallBridge
 from dce.eager import start_eager
+from dce.journal import Confirmed, End, Journal, Start
 from media.anchor import MediaManager
 from media.errors import MediaError
 from store.cdr import Cdr
 from switch.calllog import CallLog
 from switch.core import SwitchCore
-from switch.effects import CallAnswered, CallEnded, OpenMedia, RouteCall, SendDtmf
+from switch.effects import (
+    CallAnswered,
+    CallConfirmed,
+    CallEnded,
+    OpenMedia,
+    RouteCall,
+    SendDtmf,
+)
 from switch.peer import Peer
 from switch.record import Outcome
 from switch.transport import TcpHub, UdpTransport
@@ -47,6 +55,7 @@ class SipPump:
         self.media = media
         self.submit_cdr = submit_cdr
         self.bridge: CallBridge | None = None  # set once the database and config are loaded
+        self.journal: Journal | None = None  # crash recovery (dce/journal.py)
         self.udp: UdpTransport | None = None
         self.tcp: TcpHub | None = None
         self.ws: WsHub | None = None
@@ -83,9 +92,21 @@ class SipPump:
                 self.ws.send(data, peer)
             else:
                 logger.warning("no transport for peer", extra={"peer": str(peer)})
+        journal = self.journal
         while (effect := core.next_effect()) is not None:
             match effect:
                 case RouteCall():
+                    if journal is not None:
+                        journal.append(
+                            Start(
+                                call_id=effect.call_id,
+                                trunk_id=effect.trunk_id,
+                                source=effect.source,
+                                caller=effect.caller,
+                                called=effect.called,
+                                received_at=self.wall(effect.at),
+                            )
+                        )
                     # Most decisions never wait (no RTB, in-process caps): no Task for those.
                     self._start(self._route(effect))
                 case OpenMedia():
@@ -94,9 +115,17 @@ class SipPump:
                     self._ended(effect)
                 case CallAnswered():
                     if self.bridge is not None:
-                        self.bridge.answered(effect.call_id, effect.target_index)
+                        up = self.bridge.answered(effect, self.wall)
+                        if up is not None and journal is not None:
+                            journal.append(up)
+                case CallConfirmed():
+                    if journal is not None:
+                        journal.append(Confirmed(call_id=effect.call_id))
                 case SendDtmf():
                     self.media.send_dtmf(effect.call_id, effect.digit, effect.duration_ms)
+        if journal is not None:
+            # Before the next input is read: a kill -9 loses no record written here.
+            journal.flush()
         when = core.get_timer()
         if when is None:
             return
@@ -164,7 +193,10 @@ class SipPump:
         if self.bridge is None:  # calls are admitted only once the bridge is set
             CallLog(logger, record.call_id).error("call ended before routing was set up")
             return
-        self.submit_cdr(self.bridge.ended(record, self.wall, media))
+        cdr = self.bridge.ended(record, self.wall, media)
+        if self.journal is not None:
+            self.journal.append(End(cdr=cdr))
+        self.submit_cdr(cdr)
 
     async def wait_tasks(self, timeout: float) -> None:
         if self._tasks:

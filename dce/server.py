@@ -16,6 +16,7 @@ import random
 import secrets
 import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from compliance.stir import TrustStore
 from config.settings import Settings
 from dce.admit import TrunkAdmitter
 from dce.bridge import CallBridge
+from dce.journal import Beat, Journal
 from dce.metrics import GcPauses
 from dce.phone import add_phone_routes
 from dce.pump import SipPump
@@ -67,6 +69,7 @@ class Switch:
         self.cdr_writer: Any = None
         self.router: Exchange | None = None
         self.bridge: CallBridge | None = None
+        self.journal: Journal | None = None
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms)
         self.media = MediaManager(
@@ -120,6 +123,8 @@ class Switch:
         pump.tcp = TcpHub(self.loop, pump.feed, pump.transmit)
         tcp_server = await self.loop.create_server(pump.tcp.factory, host, port, reuse_address=True)
         self._servers = [udp_transport, tcp_server]
+        # The transports are up but nothing was read yet: end what an earlier process left.
+        leftovers = self._recover()
         await self._start_http()
         # Everything allocated so far lives as long as the process: keep the collector off it.
         # A young generation of 5,000 (CPython: 700) halves collection work per call; 20,000
@@ -129,6 +134,9 @@ class Switch:
         gc.freeze()
         gc.set_threshold(5_000, 10, 100)
         gc.callbacks.append(self.gc_pauses.callback)
+        if leftovers:
+            self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
+        self._background.append(self.loop.create_task(self._heartbeat()))
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
@@ -166,10 +174,60 @@ class Switch:
             await self.router.aclose()
         if self.cdr_writer is not None:
             await self.cdr_writer.close()
+        if self.journal is not None:
+            self.journal.close()
         if self.store is not None:
             await self.store.close()
         if self.embedded is not None:
             await self.embedded.stop()
+
+    def _recover(self) -> list[Path]:
+        """Crash recovery (dce/journal.py): BYE the legs of calls that were up when an earlier
+        process died, and write every call's CDR; then journal this process's calls."""
+        journal = self.journal = Journal(self.settings.data_dir / "journal")
+        recovery, paths = journal.recover()
+        journal.open()
+        self.pump.journal = journal
+        if not paths:
+            return []
+        self.core.hang_up_dialogs(
+            [leg for leg in recovery.legs if leg.transport in ("udp", "tcp")], self.loop.time()
+        )
+        self.pump.transmit()
+        for cdr in recovery.cdrs:
+            self._submit_cdr(cdr)
+        logger.warning(
+            "recovered calls left by an earlier process",
+            extra={
+                "interrupted": recovery.interrupted,
+                "unanswered": recovery.unanswered,
+                "rewritten": recovery.rewritten,
+                "bad_lines": recovery.bad_lines,
+            },
+        )
+        return paths
+
+    async def _forget_recovered(self, paths: list[Path]) -> None:
+        """Delete the earlier process's journal once the CDRs it held are durable."""
+        if self.cdr_writer is not None:
+            await self.cdr_writer.flush()
+        Journal.forget(paths)
+
+    async def _heartbeat(self) -> None:
+        """A Beat every second (how long an interrupted call lasted), fsync every
+        DCE_JOURNAL_SYNC, off the loop."""
+        journal = self.journal
+        assert journal is not None
+        interval = self.settings.journal_sync or 0.1
+        next_beat = 0.0
+        while True:
+            now = self.loop.time()
+            if now >= next_beat:
+                next_beat = now + 1.0
+                journal.append(Beat(at=datetime.now(UTC)))
+                journal.flush()
+            await asyncio.to_thread(journal.sync)
+            await asyncio.sleep(interval)
 
     def _submit_cdr(self, cdr: Any) -> None:
         if self.cdr_writer is not None:

@@ -353,6 +353,10 @@ class Exchange:
 
     # -- settle ------------------------------------------------------------------------------
 
+    def payout_share(self, trunk_id: str) -> Decimal | None:
+        """The seller's share (percent) of a billable call's price; None for an unknown trunk."""
+        return self._index.payout_shares.get(trunk_id)
+
     def answered(self, facts: CallFacts, target: Target) -> None:
         """``target`` answered: the other bidders' slots, held for failover, go back now.
 

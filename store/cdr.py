@@ -26,6 +26,8 @@ class Disposition(enum.StrEnum):
     NO_BUYER = "no_buyer"
     OVERLOAD = "overload"
     MEDIA_TIMEOUT = "media_timeout"
+    # The switch died with the call in progress; the next start ended it (docs/cdr.md).
+    INTERRUPTED = "interrupted"
 
 
 class Cdr(msgspec.Struct, kw_only=True, gc=False):

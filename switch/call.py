@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from switch.calllog import CallLog
 from switch.context import ALLOW, RETRY_AFTER_S, Context, TimerKind, reason_header, reason_phrase
 from switch.dialog import Dialog, Leg, strip_tag, target_from
-from switch.effects import CallAnswered, CallEnded, OpenMedia, RouteCall
+from switch.effects import CallAnswered, CallConfirmed, CallEnded, OpenMedia, RouteCall
 from switch.errors import InvalidStateError, SipParseError
 from switch.media_session import MediaSession
 from switch.message import Headers, SipRequest, SipResponse
@@ -123,7 +123,8 @@ class Call:
     final_status: int | None = None  # what A got as final
     outcome: Outcome | None = None
     rule: str | None = None  # the Reason rule A got
-    a_acked: bool = False
+    a_acked: bool = False  # the caller's ACK for our 2xx arrived
+    confirmed: bool = False  # ... or another request of the caller in the answered dialog
     reported: bool = False  # CallEnded sent
     media: MediaSession | None = None
     byes_pending: int = 0  # our BYE transactions still running; the call is kept until 0
@@ -144,7 +145,7 @@ class Call:
 
     def record(self) -> CallRecord:
         duration_ms = 0
-        if self.answered is not None and self.ended is not None:
+        if self.answered is not None and self.ended is not None and self.confirmed:
             duration_ms = max(0, int((self.ended - self.answered) * 1000))
         att = self.attempt
         return CallRecord(
@@ -157,6 +158,7 @@ class Call:
             called=self.called,
             received=self.received,
             answered=self.answered,
+            confirmed=self.confirmed,
             ended=self.ended if self.ended is not None else self.received,
             duration_ms=duration_ms,
             outcome=self.outcome or Outcome.FAILED,
@@ -446,7 +448,7 @@ class Calls:
             att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
             ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
             if call.attempt is not att or call.state is CallState.ENDED:
-                self._send_bye(att.dialog, att.peer, now)
+                self.send_bye(att.dialog, att.peer, now)
             return
         body = resp.body
         if body and call.media is not None:
@@ -455,11 +457,10 @@ class Calls:
             except ctx.config.media_error as exc:
                 att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
                 ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
-                self._send_bye(att.dialog, att.peer, now)
+                self.send_bye(att.dialog, att.peer, now)
                 self._bad_buyer_sdp(call, att, exc, now)
                 return
         self._move(call, CallState.ANSWERED)
-        ctx.effects.append(CallAnswered(call_id=call.call_id, target_index=att.index))
         if call.media is not None:
             call.media.answered()
         call.answered = now
@@ -476,6 +477,23 @@ class Calls:
         self._a_early_dialog(call)
         assert call.a_dialog is not None
         call.a_dialog.confirmed = True
+        ctx.effects.append(
+            CallAnswered(
+                call_id=call.call_id,
+                target_index=att.index,
+                attempts=call.attempts,
+                at=now,
+                a_leg=call.a_dialog.snapshot(),
+                b_leg=att.dialog.snapshot(),
+            )
+        )
+
+    def confirm(self, call: Call) -> None:
+        """The caller's side of the answered call is confirmed: it counts as connected."""
+        if call.confirmed or call.answered is None:
+            return
+        call.confirmed = True
+        self.ctx.effects.append(CallConfirmed(call_id=call.call_id))
 
     def _attempt_failed(
         self, call: Call, att: Attempt, status: int, now: float, *, ring_timeout: bool
@@ -525,7 +543,7 @@ class Calls:
         # considered cancelled and destroyed (its Proceeding state has no timer of its own).
         self.ctx.arm(TimerKind.CANCEL_GUARD, now + 64 * self.ctx.config.timers.t1, att.tx)
 
-    def _send_bye(self, dialog: Dialog, fallback: Peer, now: float) -> str:
+    def send_bye(self, dialog: Dialog, fallback: Peer, now: float) -> str:
         cfg = self.ctx.config
         bye = dialog.request("BYE", self.ctx.new_branch(), cfg.host, cfg.port)
         return self.ctx.layer.send_request(bye, dialog.peer or fallback, now)
@@ -545,7 +563,7 @@ class Calls:
         self._move(call, CallState.ENDING)
         att = call.attempt
         if by is not Leg.A and call.a_dialog is not None:
-            self.byes[self._send_bye(call.a_dialog, call.a_peer, now)] = call
+            self.byes[self.send_bye(call.a_dialog, call.a_peer, now)] = call
             call.byes_pending += 1
         if by is not Leg.B and att is not None and att.dialog is not None:
             if att.ack is None:
@@ -553,12 +571,17 @@ class Calls:
                 # confirmed, then BYE (§15).
                 att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
                 self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
-            self.byes[self._send_bye(att.dialog, att.peer, now)] = call
+            self.byes[self.send_bye(att.dialog, att.peer, now)] = call
             call.byes_pending += 1
         self._end(call, Outcome.ANSWERED, side, 200)
 
     def caller_never_acked(self, call: Call, now: float) -> None:
-        """RFC 6026 Timer L: no ACK for our 200; end both legs (RFC 3261 §13.3.1.4)."""
+        """RFC 6026 Timer L: no ACK for our 200; end both legs (RFC 3261 §13.3.1.4). The call
+        never connected: it is a failure, not billable, with no duration."""
+        if call.confirmed:
+            return
+        call.outcome = Outcome.FAILED
+        call.rule = "no_ack"
         self.hangup(call, HangupSide.SYSTEM, now, by=None)
 
     def bye_done(self, tx: str) -> None:

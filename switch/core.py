@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from switch.call import Call, Calls, CallState
 from switch.context import Context, CoreConfig, TimerKind
-from switch.dialog import Leg
+from switch.dialog import DialogSnapshot, Leg
 from switch.effects import Effect, Rejected, RouteResult
 from switch.errors import SipParseError
 from switch.events import (
@@ -45,6 +45,8 @@ from switch.outside import Admitter, OutOfDialog, fix_via
 from switch.peer import Peer
 from switch.record import Outcome
 from switch.transaction import TransactionLayer
+
+RECOVERY_SEQ_GAP = 1000
 
 
 class SwitchCore:
@@ -128,6 +130,18 @@ class SwitchCore:
         if call is not None:
             self._calls.end_call(call, outcome, now)
             self._pump(now)
+
+    def hang_up_dialogs(self, legs: Sequence[DialogSnapshot], now: float) -> None:
+        """BYE in dialogs no live call owns: calls that were up when an earlier process died
+        (crash recovery). Their answers and timeouts need nothing more from the core."""
+        self._ctx.now = now
+        for leg in legs:
+            peer = Peer(leg.transport, leg.host, leg.port)
+            # RFC 3261 §12.2.1.1: CSeq may jump forward; the dead process may have sent
+            # in-dialog requests after the snapshot, so jump well past them.
+            dialog = leg.dialog(self._ctx.contact(peer), seq_gap=RECOVERY_SEQ_GAP)
+            self._calls.send_bye(dialog, peer, now)
+        self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         ctx = self._ctx

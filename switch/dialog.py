@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import msgspec
+
 from switch.message import Headers, SipRequest, SipResponse
 from switch.peer import Peer
 from switch.uri import NameAddr
@@ -41,6 +43,23 @@ class Dialog:
     peer: Peer | None = None  # where in-dialog requests go (the flow, for callers)
     contact: str = ""  # our Contact header value for this leg
     confirmed: bool = False
+
+    def snapshot(self) -> DialogSnapshot:
+        """What it takes to end this dialog later, even from another process (crash recovery)."""
+        peer = self.peer
+        return DialogSnapshot(
+            call_id=self.call_id,
+            local_tag=self.local_tag,
+            remote_tag=self.remote_tag,
+            local_uri=self.local_uri,
+            remote_uri=self.remote_uri,
+            local_seq=self.local_seq,
+            remote_target=self.remote_target,
+            route_set=list(self.route_set),
+            transport=peer.transport if peer is not None else "udp",
+            host=peer.host if peer is not None else "",
+            port=peer.port if peer is not None else 5060,
+        )
 
     def next_seq(self) -> int:
         self.local_seq += 1
@@ -79,6 +98,41 @@ class Dialog:
         for name, value in extra or ():
             h.add(name, value)
         return SipRequest(method, self.remote_target, h, body)
+
+
+class DialogSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A dialog as plain data: enough to send a BYE in it (RFC 3261 §12.2.1.1)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str | None
+    local_uri: str
+    remote_uri: str
+    local_seq: int
+    remote_target: str
+    route_set: list[str]
+    transport: str
+    host: str
+    port: int
+
+    def dialog(self, contact: str, seq_gap: int = 0) -> Dialog:
+        """A dialog to send requests in, its CSeq moved ``seq_gap`` ahead: requests sent
+        after the snapshot was taken (a re-INVITE) used numbers we no longer know, and a CSeq
+        may jump forward but never back (§12.2.1.1)."""
+        return Dialog(
+            call_id=self.call_id,
+            local_tag=self.local_tag,
+            remote_tag=self.remote_tag,
+            local_uri=self.local_uri,
+            remote_uri=self.remote_uri,
+            local_seq=self.local_seq + seq_gap,
+            remote_seq=None,
+            remote_target=self.remote_target,
+            route_set=list(self.route_set),
+            peer=Peer(self.transport, self.host, self.port),
+            contact=contact,
+            confirmed=True,
+        )
 
 
 def strip_tag(value: str) -> str:

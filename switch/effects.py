@@ -4,7 +4,8 @@ Effects are imperative and pulled with ``SwitchCore.next_effect()``; none touche
 a clock. Results come back through ``SwitchCore.routed()`` and ``SwitchCore.media_opened()``.
 
 One call's effects, in order: ``RouteCall`` -> (``Routed``) -> ``OpenMedia`` ->
-(a media session) -> [``SendDtmf`` ...] -> ``CallAnswered`` -> ``CallEnded``. A call refused
+(a media session) -> ``CallAnswered`` -> ``CallConfirmed`` -> [``SendDtmf`` ...] ->
+``CallEnded``. A call refused
 before routing (overload) or by routing gets only ``CallEnded``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
+from switch.dialog import DialogSnapshot
 from switch.record import CallRecord
 
 
@@ -47,10 +49,23 @@ class SendDtmf(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class CallAnswered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Target ``target_index`` answered: the slots held for the other targets can go."""
+    """Target ``target_index`` answered (its 2xx was relayed to the caller): the slots held
+    for the other targets can go, and both dialogs are known, so the call can be ended even
+    after a crash (``a_leg``/``b_leg``: the caller's and the buyer's dialog)."""
 
     call_id: str
     target_index: int
+    attempts: int  # B-leg INVITEs sent so far, this one included
+    at: float  # the buyer's 2xx (monotonic)
+    a_leg: DialogSnapshot
+    b_leg: DialogSnapshot
+
+
+class CallConfirmed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The caller confirmed the answered call (its ACK, or any request in the dialog): from
+    now on it counts as connected (docs/cdr.md, "When a call is answered")."""
+
+    call_id: str
 
 
 class CallEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -59,7 +74,7 @@ class CallEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     record: CallRecord
 
 
-Effect = RouteCall | OpenMedia | SendDtmf | CallAnswered | CallEnded
+Effect = RouteCall | OpenMedia | SendDtmf | CallAnswered | CallConfirmed | CallEnded
 
 
 class Routed(msgspec.Struct, frozen=True, kw_only=True, gc=False):

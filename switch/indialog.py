@@ -59,6 +59,10 @@ class InDialog:
                 ctx.respond(ev.tx, req, 481, "Call/Transaction Does Not Exist")
             return
         seq = req.cseq[0]
+        if leg is Leg.A and not call.confirmed and call.answered is not None:
+            # The caller sends in the dialog only once it has our 2xx: even if its ACK was
+            # lost, the call is up on its side (a BYE right after a lost ACK, say).
+            self.calls.confirm(call)
         if req.method == "ACK":
             if leg is Leg.A:
                 self._a_ack(call, req)

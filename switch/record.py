@@ -43,9 +43,10 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     caller: str  # as received: P-Asserted-Identity user, else From user
     called: str  # Request-URI user
     received: float
-    answered: float | None
+    answered: float | None  # the buyer's 2xx, relayed to the caller
+    confirmed: bool  # the caller confirmed it (ACK, or a request in the dialog)
     ended: float
-    duration_ms: int
+    duration_ms: int  # from the 2xx to the end, for confirmed calls only; else 0
     outcome: Outcome
     sip_status: int  # the final status the caller got (200 for answered calls)
     hangup_side: HangupSide | None

@@ -517,7 +517,11 @@ def _no_ack_from_caller(h: Harness) -> None:
     methods = [m.method for m in h.take(B1) if isinstance(m, SipRequest)]
     # ACK, BYE, then Timer E retransmissions of that BYE (this buyer never answers it).
     assert methods[:2] == ["ACK", "BYE"] and set(methods[1:]) == {"BYE"}
-    assert h.cdrs()[0].record.hangup_side is HangupSide.SYSTEM
+    (w,) = h.cdrs()
+    assert w.record.hangup_side is HangupSide.SYSTEM
+    # Never connected on the caller's side: a failure with no duration, not an answered call.
+    assert w.record.outcome is Outcome.FAILED and w.record.rule == "no_ack"
+    assert not w.record.confirmed and w.record.duration_ms == 0
 
 
 @pytest.mark.parametrize(
@@ -667,3 +671,32 @@ def test_trunk_limit_named_by_the_admitter_is_503_with_its_rule() -> None:
     assert w.record.outcome is Outcome.OVERLOAD and w.record.rule == "trunk_cps"
     assert w.record.trunk_id == "t1"
     assert [e for e in h.effects if isinstance(e, RouteCall)] == []
+
+
+def test_answered_call_reports_its_dialogs_and_confirmation() -> None:
+    from switch.effects import CallConfirmed
+
+    h = Harness()
+    b_inv = start_call(h)
+    ok = answer(h, B1, b_inv, 200)
+    (ans,) = [e for e in h.effects if isinstance(e, CallAnswered)]
+    assert ans.b_leg.call_id == b_inv.call_id and ans.b_leg.remote_tag == ok.to_tag
+    assert (ans.b_leg.host, ans.b_leg.port) == ("127.0.0.1", 5070)
+    assert ans.a_leg.call_id == "a1@x" and ans.a_leg.remote_tag == "ft"
+    assert ans.a_leg.remote_target == "sip:caller@127.0.0.1:5080"
+    assert [e for e in h.effects if isinstance(e, CallConfirmed)] == []
+    (a_ok,) = [m for m in h.take(A) if isinstance(m, SipResponse)]
+    h.feed(A, in_dialog("ACK", a_ok, 1, "z9hG4bKack", "sip:dce@127.0.0.1:5060"))
+    assert len([e for e in h.effects if isinstance(e, CallConfirmed)]) == 1
+
+
+def test_a_bye_after_a_lost_ack_still_counts_the_call_as_connected() -> None:
+    h = Harness()
+    b_inv = start_call(h)
+    answer(h, B1, b_inv, 200)
+    (a_ok,) = [m for m in h.take(A) if isinstance(m, SipResponse)]
+    h.advance(7.0)  # the caller's ACK is lost; it talks, then hangs up
+    h.feed(A, in_dialog("BYE", a_ok, 2, "z9hG4bKbye", "sip:dce@127.0.0.1:5060"))
+    (w,) = h.cdrs()
+    assert w.record.outcome is Outcome.ANSWERED and w.record.confirmed
+    assert w.record.duration_ms == 7000
