@@ -95,8 +95,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Digest algorithms offered in 401 challenges, most preferred first (RFC 8760 §2.4). Some
     # clients (SIPp 3.6) answer only the first challenge and only in MD5: "MD5,SHA-256".
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # Password guessing (docs/sip.md): this many failed digest authentications within the
+    # window block the source (or, from sources it never succeeded from, the user name) for
+    # auth_block_time. 0 turns that block off. Defaults: fail2ban's 5 in 10 minutes, 10 minutes.
+    auth_fail_limit: int = 5
+    auth_user_fail_limit: int = 10
+    auth_fail_window: float = 600.0
+    auth_block_time: float = 600.0
     # How often the call journal (crash recovery) is fsynced: what a power loss can lose.
     journal_sync: float = 0.1
+    # Overload control (dce/load.py): the CPU share of one core the switch keeps itself under
+    # by refusing new INVITEs with 503 (0 turns it off), and the event-loop lag that counts
+    # as overload whatever the CPU says.
+    overload_cpu: float = 0.85
+    overload_lag: float = 0.05
+    # Per-source rate limits (switch/pike.py, like Kamailio's pike): more than pike_limit
+    # messages in one pike_window bans the source for pike_ban (0: no limit). Trunk and buyer
+    # addresses are never banned. pike_nft_set(6) names an nftables set bans are copied to.
+    pike_window: float = 2.0
+    pike_limit: int = 100
+    pike_ban: float = 60.0
+    pike_nft_set: str | None = None
+    pike_nft_set6: str | None = None
+    # Stream connections (TCP, WebSocket) from untrusted sources, in all and per address
+    # (Kamailio's tcp_max_connections is 2048), and the idle timeout of every connection
+    # without a live call (above RFC 5626's 120 s keep-alive). 0 turns a limit off.
+    tcp_max_connections: int = 2048
+    ws_max_connections: int = 2048
+    max_connections_per_source: int = 32
+    connection_idle_timeout: float = 180.0
 
 
 _KEYS: tuple[str, ...] = Settings.__struct_fields__
@@ -145,11 +172,40 @@ def _digest_algorithms(raw: Any, key: str) -> tuple[str, ...]:
     return algs
 
 
+def _positive_duration(raw: Any, key: str) -> float:
+    seconds = parse_duration(raw, key)
+    if seconds <= 0:
+        raise ConfigError(key, f"must be more than 0, got {raw!r}")
+    return seconds
+
+
 def _ip(raw: Any, key: str) -> str:
     try:
         return str(ipaddress.ip_address(str(raw)))
     except ValueError as exc:
         raise ConfigError(key, f"expected an IP address, got {raw!r}") from exc
+
+
+def _fraction(raw: Any, key: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"expected a number from 0 to 1, got {raw!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(key, f"expected a number from 0 to 1, got {raw!r}")
+    return value
+
+
+def _nft_set(raw: Any, key: str) -> str | None:
+    """``"FAMILY TABLE SET"`` (an nftables set), or None for ""."""
+    text = " ".join(str(raw).split())
+    if not text:
+        return None
+    parts = text.split(" ")
+    if len(parts) != 3 or parts[0] not in ("ip", "ip6", "inet", "netdev", "bridge"):
+        raise ConfigError(key, f"expected 'FAMILY TABLE SET' (e.g. 'inet dce banned4'), "
+                               f"got {raw!r}")
+    return text
 
 
 # Settings whose parser is not implied by their default's type. Others: an int default takes
@@ -167,6 +223,12 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "tls_cert": lambda raw, key: Path(str(raw)),
     "tls_key": lambda raw, key: Path(str(raw)),
     "stir_trust_dir": lambda raw, key: Path(str(raw)),
+    "auth_fail_window": _positive_duration,
+    "auth_block_time": _positive_duration,
+    "pike_window": _positive_duration,
+    "pike_ban": _positive_duration,
+    "pike_nft_set": lambda raw, key: _nft_set(raw, key),
+    "pike_nft_set6": lambda raw, key: _nft_set(raw, key),
 }
 _DEFAULTS = Settings()
 

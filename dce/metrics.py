@@ -11,11 +11,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from dce.server import Switch
+    from store.writer import CdrWriter
 
 _GAUGES = {"live_calls", "transactions"}
 
@@ -34,6 +39,13 @@ class _SwitchCollector(Collector):
                 yield GaugeMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
             else:
                 yield CounterMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
+        load = self.switch.load
+        yield GaugeMetricFamily("dce_load_cpu", "smoothed CPU share of one core", value=load.cpu)
+        yield GaugeMetricFamily("dce_load_lag_seconds", "event-loop lag", value=load.lag)
+        yield GaugeMetricFamily("dce_load_udp_queue_bytes", "bytes waiting in the SIP socket",
+                                value=load.queue)
+        yield GaugeMetricFamily("dce_load_shed_share", "share of new INVITEs refused",
+                                value=load.shed)
         gc_stats = self.switch.gc_pauses
         for gen in range(3):
             yield CounterMetricFamily(f"dce_gc_gen{gen}_collections", "collections",
@@ -56,10 +68,57 @@ class _SwitchCollector(Collector):
                 yield GaugeMetricFamily(f"dce_{name}", name.replace("_", " "), value=value)
         writer = self.switch.cdr_writer
         if writer is not None:
-            for name in ("written", "spooled", "replayed", "failed"):
-                count = getattr(writer, name, None)
-                if isinstance(count, int):
-                    yield CounterMetricFamily(f"dce_cdr_{name}", f"CDRs {name}", value=count)
+            yield from _cdr_metrics(writer)
+        yield from _admission(self.switch)
+        yield from _shield(self.switch)
+
+
+def _cdr_metrics(writer: CdrWriter) -> Iterator[Any]:
+    """The CDR writer (store/writer.py): counters, what waits, the database, latencies."""
+    for name in ("written", "spooled", "replayed", "failed", "rejected", "lost"):
+        yield CounterMetricFamily(f"dce_cdr_{name}", f"CDRs {name}", value=getattr(writer, name))
+    waiting = GaugeMetricFamily(
+        "dce_cdr_waiting", "CDRs not yet in the database (spool files, or memory)", labels=["place"]
+    )
+    waiting.add_metric(["disk"], writer.spool_rows)
+    waiting.add_metric(["memory"], writer.queued)
+    yield waiting
+    yield GaugeMetricFamily(
+        "dce_cdr_database_up", "1 while the CDR writer reaches the database",
+        value=int(writer.db_ok),
+    )
+    for name, hist, doc in (
+        ("commit_delay", writer.commit_delay, "per CDR, from the end of the call to its commit"),
+        ("batch", writer.batch_seconds, "per committed batch of CDRs, its transaction"),
+    ):
+        yield HistogramMetricFamily(
+            f"dce_cdr_{name}_seconds", doc, buckets=hist.cumulative(), sum_value=hist.sum
+        )
+
+
+def _admission(switch: Switch) -> Iterator[Any]:
+    """Password guessing (failures, blocks) and per-trunk limits (docs/sip.md)."""
+    guard = switch.admitter.guard
+    for name, text in (("failures", "failed digest authentications"),
+                       ("source_blocks", "sources blocked"), ("user_blocks", "user names blocked"),
+                       ("refused", "requests refused unchecked during a block"),
+                       ("dropped", "of those, not answered at all")):
+        yield CounterMetricFamily(f"dce_auth_{name}", text, value=getattr(guard, name))
+    now = switch.loop.time()
+    yield GaugeMetricFamily("dce_auth_blocked_sources", "sources blocked now",
+                            value=guard.blocked_sources(now))
+    yield GaugeMetricFamily("dce_auth_blocked_users", "user names blocked now",
+                            value=guard.blocked_users(now))
+    limiter = switch.admitter.limiter
+    refused = CounterMetricFamily("dce_trunk_limited", "INVITEs refused over a trunk limit",
+                                  labels=["trunk", "rule"])
+    for (trunk, rule), count in sorted(limiter.refused.items()):
+        refused.add_metric([trunk, rule], count)
+    yield refused
+    live = GaugeMetricFamily("dce_trunk_live_calls", "live calls per trunk", labels=["trunk"])
+    for trunk, count in sorted(limiter.live_by_trunk().items()):
+        live.add_metric([trunk], count)
+    yield live
 
 
 def render(switch: Switch) -> bytes:
@@ -86,3 +145,50 @@ class GcPauses:
         self.count[gen] += 1
         self.total[gen] += pause
         self.longest[gen] = max(self.longest[gen], pause)
+
+
+def _shield(switch: Switch) -> Iterator[Any]:
+    """Per-source bans (switch/pike.py) and stream connection caps (dce/shield.py)."""
+    pump, shield = switch.pump, switch.shield
+    dropped = CounterMetricFamily(
+        "dce_pike_dropped_packets", "messages from banned sources dropped unread",
+        labels=["transport"],
+    )
+    dropped.add_metric(["udp"], pump.udp.dropped if pump.udp is not None else 0)
+    dropped.add_metric(["tcp"], pump.tcp.stats.dropped if pump.tcp is not None else 0)
+    dropped.add_metric(["ws"], switch.ws.stats.dropped)
+    yield dropped
+    pike = shield.pike
+    yield GaugeMetricFamily("dce_pike_bans_active", "sources banned now",
+                            value=pike.active if pike is not None else 0)
+    yield CounterMetricFamily("dce_pike_sources_banned", "bans started",
+                              value=pike.stats.bans if pike is not None else 0)
+    yield CounterMetricFamily(
+        "dce_pike_trusted_over_limit", "times a trusted source went over the limit (not banned)",
+        value=pike.stats.trusted_over_limit if pike is not None else 0,
+    )
+    yield CounterMetricFamily("dce_pike_untracked", "messages not counted: source table full",
+                              value=pike.stats.untracked if pike is not None else 0)
+    bans = shield.bans
+    yield CounterMetricFamily("dce_pike_nft_pushed", "bans added to the nftables set",
+                              value=bans.stats.pushed if bans is not None else 0)
+    yield CounterMetricFamily("dce_pike_nft_errors", "nft runs that failed",
+                              value=bans.stats.errors if bans is not None else 0)
+    tcp = pump.tcp
+    if tcp is None:
+        return
+    stats = tcp.stats
+    yield GaugeMetricFamily("dce_tcp_connections_open", "TCP connections open", value=stats.open)
+    yield CounterMetricFamily("dce_tcp_connections_opened", "TCP connections opened",
+                              value=stats.opened)
+    refused = CounterMetricFamily("dce_tcp_connections_refused",
+                                  "inbound TCP connections closed at once", labels=["reason"])
+    refused.add_metric(["banned"], stats.refused_banned)
+    refused.add_metric(["per_source"], stats.refused_per_source)
+    refused.add_metric(["total"], stats.refused_total)
+    yield refused
+    closed = CounterMetricFamily("dce_tcp_connections_closed",
+                                 "TCP connections closed by the switch", labels=["reason"])
+    closed.add_metric(["idle"], stats.closed_idle)
+    closed.add_metric(["stalled"], stats.closed_stalled)
+    yield closed

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dce.admit import TrunkAdmitter
 from dce.bridge import CallBridge
 from dce.eager import start_eager
 from dce.journal import Confirmed, End, Journal, Start
@@ -55,6 +56,8 @@ class SipPump:
         self.media = media
         self.submit_cdr = submit_cdr
         self.bridge: CallBridge | None = None  # set once the database and config are loaded
+        # Drops a blocked source's INVITEs unparsed and counts each trunk's live calls.
+        self.admitter: TrunkAdmitter | None = None
         self.journal: Journal | None = None  # crash recovery (dce/journal.py)
         self.udp: UdpTransport | None = None
         self.tcp: TcpHub | None = None
@@ -62,11 +65,15 @@ class SipPump:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # per-call work that had to wait
+        self.rx_bytes = 0
 
     # ------------------------------------------------------------------ inputs
 
     def feed(self, data: bytes, peer: Peer) -> None:
-        self.core.receive_datagram(data, peer, self.loop.time())
+        now = self.loop.time()
+        if self.admitter is not None and self.admitter.drops(data, peer, now):
+            return
+        self.core.receive_datagram(data, peer, now)
 
     def connection_closed(self, peer: Peer) -> None:
         """A browser's socket closed (or it vanished): end its calls."""
@@ -96,6 +103,8 @@ class SipPump:
         while (effect := core.next_effect()) is not None:
             match effect:
                 case RouteCall():
+                    if self.admitter is not None:
+                        self.admitter.call_started(effect.call_id, effect.trunk_id)
                     if journal is not None:
                         journal.append(
                             Start(
@@ -112,6 +121,9 @@ class SipPump:
                 case OpenMedia():
                     self._start(self._open_media(effect))
                 case CallEnded():
+                    # Also for calls refused at once (over a limit): never started, not counted.
+                    if self.admitter is not None:
+                        self.admitter.call_ended(effect.record.call_id)
                     self._ended(effect)
                 case CallAnswered():
                     if self.bridge is not None:
@@ -123,6 +135,8 @@ class SipPump:
                         journal.append(Confirmed(call_id=effect.call_id))
                 case SendDtmf():
                     self.media.send_dtmf(effect.call_id, effect.digit, effect.duration_ms)
+        if self.admitter is not None:
+            self.admitter.settled()  # every INVITE fed so far is now a live call or refused
         if journal is not None:
             # Before the next input is read: a kill -9 loses no record written here.
             journal.flush()

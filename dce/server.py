@@ -1,10 +1,11 @@
 """Wiring: the sans-IO core, its transports, the database, the exchange and the HTTP side.
 
-``Switch.start()`` opens the database (embedded or DCE_DATABASE_URL), applies migrations, loads
-the config file's trunks/campaigns/buyers, builds the routing bridge (compliance gate and
-exchange), then listens for SIP (UDP and TCP) and HTTP. The SIP side is the sans-IO core fed by
-its pump (dce/pump.py). ``stop()`` drains: no new calls, BYE for live ones, CDRs flushed, the
-embedded database stopped.
+``Switch.start()`` opens the database (embedded or DCE_DATABASE_URL), applies migrations, seeds
+it with the config file's trunks/campaigns/buyers the first time only (later it loads what is
+stored and says if the file differs: dce/configsync.py), builds the routing bridge (compliance
+gate and exchange), then listens for SIP (UDP and TCP) and HTTP. The SIP side is the sans-IO
+core fed by its pump (dce/pump.py). ``stop()`` drains: no new calls, BYE for live ones, CDRs
+flushed, the embedded database stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import random
 import secrets
 import ssl
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,16 @@ from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
-from dce.admit import TrunkAdmitter
+from dce.admit import TrunkAdmitter, guard_config
 from dce.bridge import CallBridge
+from dce.configsync import seed_or_compare
+from dce.health import DatabaseProbe, health
 from dce.journal import Beat, Journal
+from dce.load import TICK, LoadGate, udp_rx_queue
 from dce.metrics import GcPauses
 from dce.phone import add_phone_routes
 from dce.pump import SipPump
+from dce.shield import Shield
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
 from media.anchor import MediaManager
@@ -53,9 +59,12 @@ logger = logging.getLogger(__name__)
 class Switch:
     """One switch process: the core and its pump, the database, the exchange and HTTP."""
 
-    def __init__(self, settings: Settings, config: ExchangeConfig) -> None:
+    def __init__(
+        self, settings: Settings, config: ExchangeConfig, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
-        self.config = config
+        self.config = config  # the config file's; replaced by what is stored at start
+        self.config_path = config_path
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random(secrets.randbits(128))
         self.started = False
@@ -67,11 +76,14 @@ class Switch:
         self.embedded: Any = None
         self.store: Any = None
         self.cdr_writer: Any = None
+        self.db_probe: DatabaseProbe | None = None  # /healthz's cached database check
         self.router: Exchange | None = None
         self.bridge: CallBridge | None = None
         self.journal: Journal | None = None
+        self.load = LoadGate(target_cpu=settings.overload_cpu, max_lag=settings.overload_lag)
         self.admin_token = ""
-        self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms)
+        self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms,
+                                      guard=guard_config(settings))
         self.media = MediaManager(
             mode=settings.media_mode,
             media_ip=settings.media_ip,
@@ -92,11 +104,16 @@ class Switch:
             rng=self.rng,
         )
         self.pump = SipPump(self.loop, self.core, self.media, self._submit_cdr)
+        self.pump.admitter = self.admitter
+        # Rate limits, bans and connection caps every transport consults (dce/shield.py).
+        self.shield = Shield(self.loop, settings, self.admitter, self.core)
         self.ws = WsHub(
             self.pump.feed,
             self.pump.transmit,
             self.pump.connection_closed,
             token_check=self.admitter.ws_token,
+            guard=self.shield.guard,
+            limits=self.shield.ws_limits,
         )
         self.pump.ws = self.ws
         self.admitter.ws_trunk = self.ws.trunk_of
@@ -118,9 +135,11 @@ class Switch:
         host, port = s.sip_listen
         pump = self.pump
         udp_transport, pump.udp = await self.loop.create_datagram_endpoint(
-            lambda: UdpTransport(pump.feed, pump.transmit), local_addr=(host, port)
+            lambda: UdpTransport(pump.feed, pump.transmit, self.shield.guard),
+            local_addr=(host, port),
         )
-        pump.tcp = TcpHub(self.loop, pump.feed, pump.transmit)
+        pump.tcp = TcpHub(self.loop, pump.feed, pump.transmit, guard=self.shield.guard,
+                          limits=self.shield.tcp_limits)
         tcp_server = await self.loop.create_server(pump.tcp.factory, host, port, reuse_address=True)
         self._servers = [udp_transport, tcp_server]
         # The transports are up but nothing was read yet: end what an earlier process left.
@@ -137,6 +156,7 @@ class Switch:
         if leftovers:
             self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
         self._background.append(self.loop.create_task(self._heartbeat()))
+        self._background.append(self.loop.create_task(self._watch_load()))
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
@@ -166,6 +186,7 @@ class Switch:
         if self._runner is not None:
             await self._runner.cleanup()
         self.pump.close()
+        self.shield.close()
         for task in self._background:
             task.cancel()
         await self.pump.wait_tasks(timeout=2.0)
@@ -213,6 +234,30 @@ class Switch:
             await self.cdr_writer.flush()
         Journal.forget(paths)
 
+    async def _watch_load(self) -> None:
+        """Every TICK: CPU share and loop lag -> the share of new INVITEs to shed (dce/load.py)."""
+        gate = self.load
+        port = self.settings.sip_listen[1]
+        shedding = False
+        while True:
+            due = self.loop.time() + TICK
+            await asyncio.sleep(TICK)
+            now = self.loop.time()
+            share = gate.update(
+                now, time.process_time(), max(0.0, now - due), udp_rx_queue(port),
+                # Bytes read from the socket, a banned flood's included (switch/transport.py).
+                self.pump.udp.rx_bytes if self.pump.udp is not None else 0,
+            )
+            self.core.set_shedding(share)
+            if (share > 0.0) != shedding:
+                shedding = share > 0.0
+                logger.warning(
+                    "overload: shedding new calls" if shedding else "overload over",
+                    extra={"shed": round(share, 3), "cpu": round(gate.cpu, 3),
+                           "lag_ms": round(gate.lag * 1000), "queue": gate.queue,
+                           "delay_ms": round(gate.delay * 1000)},
+                )
+
     async def _heartbeat(self) -> None:
         """A Beat every second (how long an interrupted call lasted), fsync every
         DCE_JOURNAL_SYNC, off the loop."""
@@ -247,11 +292,12 @@ class Switch:
         await self.store.connect(dsn)
         await self.store.migrate()
         await self.store.ensure_partitions(datetime.now(UTC))
-        await self.store.exchange.upsert_config(self.config)
-        self.config = await self.store.exchange.read_config()
+        # The file seeds the database once; after that the database wins (dce/configsync.py).
+        self.config = await seed_or_compare(self.store, self.config, self.config_path)
         self.admitter.update(self.config)
         self.cdr_writer = CdrWriter(self.store, self.settings.data_dir / "spool")
         await self.cdr_writer.start()
+        self.db_probe = DatabaseProbe(self._ping_database)
         # Monthly CDR partitions are created ahead of time, daily (storage.md §4).
         self._background.append(
             self.loop.create_task(self.store.maintain_partitions(lambda: datetime.now(UTC)))
@@ -362,12 +408,18 @@ class Switch:
         return context
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {
-            "status": "ok" if self.started else "starting",
-            "live_calls": self.core.live_calls,
-            "database": self.db_kind,
-        }
-        return web.json_response(body)
+        """200 ok, or 503 naming what is wrong (dce/health.py); cheap enough to poll."""
+        status, body = await health(
+            started=self.started,
+            probe=self.db_probe,
+            writer=self.cdr_writer,
+            extra={"live_calls": self.core.live_calls, "database": self.db_kind},
+        )
+        return web.json_response(body, status=status)
+
+    async def _ping_database(self) -> None:
+        async with self.store.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         from dce.metrics import render

@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from switch.call import Call
     from switch.dialog import Leg
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK"
+# The methods the switch takes (Allow, §20.5). Not PRACK: it does not do 100rel (RFC 3262).
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+# Option tags (§19.2) the switch supports in Require / Proxy-Require, lower case: none (no
+# 100rel, timer, replaces ...), so any Require gets 420 Bad Extension (§8.2.2.3).
+OPTION_TAGS: frozenset[str] = frozenset()
 RETRY_AFTER_S = 5
 
 
@@ -94,6 +98,7 @@ class Context:
             "malformed_responses": 0,
             "calls_total": 0,
             "calls_rejected_overload": 0,
+            "calls_shed": 0,
             "calls_forbidden": 0,
             "calls_challenged": 0,
             "no_dialog_481": 0,

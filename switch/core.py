@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 
 from switch.call import Call, Calls, CallState
-from switch.context import Context, CoreConfig, TimerKind
+from switch.context import RETRY_AFTER_S, Context, CoreConfig, TimerKind, reason_header
 from switch.dialog import DialogSnapshot, Leg
 from switch.effects import Effect, Rejected, RouteResult
 from switch.errors import SipParseError
@@ -40,7 +40,7 @@ from switch.events import (
 )
 from switch.indialog import InDialog
 from switch.media_session import MediaSession
-from switch.message import SipRequest, SipResponse, parse_message
+from switch.message import SipRequest, SipResponse, make_response, parse_message
 from switch.outside import Admitter, OutOfDialog, fix_via
 from switch.peer import Peer
 from switch.record import Outcome
@@ -56,6 +56,8 @@ class SwitchCore:
         self._calls = Calls(ctx)
         self._outside = OutOfDialog(ctx, self._calls, admitter)
         self._indialog = InDialog(ctx, self._calls)
+        self._shed = 0.0  # share of new INVITEs refused statelessly (set_shedding)
+        self._shed_debt = 0.0
 
     # ------------------------------------------------------------------ inputs
 
@@ -69,6 +71,8 @@ class SwitchCore:
             return
         if isinstance(msg, SipRequest):
             fix_via(msg, peer)
+            if self._shed > 0.0 and msg.method == "INVITE" and self._shed_this(msg, peer):
+                return
         try:
             self._ctx.layer.receive(msg, peer, now)
             self._pump(now)
@@ -77,6 +81,37 @@ class SwitchCore:
             # only a dialog reads). The message is dropped; the calls it touched keep their
             # timers, which end them cleanly if the peer never sends a good one.
             self._outside.malformed(data, peer, exc)
+
+    def set_shedding(self, fraction: float) -> None:
+        """Refuse this share (0 to 1) of new INVITEs with a stateless 503 + Retry-After.
+
+        The glue measures load (dce/load.py) and sets it. Calls already admitted, their
+        retransmissions and every request inside a dialog always go on.
+        """
+        self._shed = min(1.0, max(0.0, fraction))
+        if self._shed == 0.0:
+            self._shed_debt = 0.0
+
+    def _shed_this(self, req: SipRequest, peer: Peer) -> bool:
+        """Shed ``req`` (a new INVITE) if its share is due; True when it was answered."""
+        try:
+            if req.to_tag is not None or self._ctx.layer.has_server_transaction(req):
+                return False
+        except SipParseError:
+            return False  # the normal path answers it 400
+        # An even spread rather than a coin per INVITE: exactly the share, never bursts.
+        self._shed_debt += self._shed
+        if self._shed_debt < 1.0:
+            return False
+        self._shed_debt -= 1.0
+        ctx = self._ctx
+        ctx.stats["calls_shed"] += 1
+        resp = make_response(
+            req, 503, "Service Unavailable", to_tag=ctx.new_tag(),
+            headers=[("retry-after", str(RETRY_AFTER_S)), reason_header(503, "overload")],
+        )
+        ctx.layer.send_stateless(resp, peer)
+        return True
 
     def routed(self, call_id: str, result: RouteResult, now: float) -> bool:
         """Routing decided: open the media for the targets, or reject the call.
@@ -233,6 +268,8 @@ class SwitchCore:
         while (ev := layer.next_event()) is not None:
             match ev:
                 case RequestReceived():
+                    if self._outside.screen(ev):
+                        continue  # refused: 405, 501, 420 or 415 (outside.py)
                     to_tag = ev.request.to_tag
                     if to_tag is not None:
                         indialog.request(ev, to_tag, now)

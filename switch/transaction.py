@@ -474,6 +474,13 @@ class TransactionLayer:
         key = self._server_key(cancel, "INVITE")[0]
         return key if isinstance(self._txs.get(key), ServerInviteTx) else None
 
+    def has_server_transaction(self, req: SipRequest) -> bool:
+        """Whether ``req`` belongs to a server transaction we hold (a retransmission).
+
+        Raises SipParseError when its Via cannot be read.
+        """
+        return self._server_key(req, req.method)[0] in self._txs
+
     def terminate(self, tx: str) -> None:
         """Drop transaction ``tx`` now, whatever its state (no event follows). Unknown: no-op."""
         t = self._txs.get(tx)

@@ -700,3 +700,25 @@ def test_a_bye_after_a_lost_ack_still_counts_the_call_as_connected() -> None:
     (w,) = h.cdrs()
     assert w.record.outcome is Outcome.ANSWERED and w.record.confirmed
     assert w.record.duration_ms == 7000
+
+
+def test_shedding_refuses_new_invites_statelessly_but_never_admitted_ones() -> None:
+    h = Harness()
+    h.feed(A, invite())  # admitted before the overload
+    assert [m.status for m in h.take(A)] == [100]  # type: ignore[union-attr]
+    h.core.set_shedding(1.0)
+    h.feed(A, invite())  # its retransmission is absorbed as usual
+    assert [m.status for m in h.take(A)] == [100]  # type: ignore[union-attr]
+    h.feed(A, invite(call_id="a2@x", branch="z9hG4bKa2"))
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 503
+    assert resp.headers.get("retry-after") == "5"
+    assert 'text="overload"' in (resp.headers.get("reason") or "")
+    assert h.core.stats["calls_shed"] == 1
+    assert len(h.core.layer) == 1  # no transaction for the shed one; the admitted one is kept
+    assert len([e for e in h.effects if isinstance(e, RouteCall)]) == 1
+    h.core.set_shedding(0.5)
+    for i in range(10):
+        h.feed(A, invite(call_id=f"b{i}@x", branch=f"z9hG4bKb{i}"))
+    statuses = [m.status for m in h.take(A)]  # type: ignore[union-attr]
+    assert statuses.count(503) == 5 and statuses.count(100) == 5  # exactly the share
