@@ -81,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str | None = None
     auction_timeout: float = 0.1
     ring_timeout: float = 30.0
+    # No response at all from a buyer endpoint (not even 100 Trying) within this: fail over.
+    trying_timeout: float = 2.0
     media_timeout: float = 60.0
     max_calls: int = 5000
     log_level: str = "info"

@@ -96,6 +96,7 @@ class Switch:
                 host=host,
                 port=port,
                 ring_timeout=settings.ring_timeout,
+                trying_timeout=settings.trying_timeout,
                 max_calls=settings.max_calls,
                 timers=TimerConfig(t1=settings.sip_t1),
                 media_error=MediaError,

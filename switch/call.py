@@ -91,6 +91,7 @@ class Attempt:
     call_id: str
     from_tag: str
     provisional: bool = False
+    responded: bool = False  # any response at all, 100 Trying included
     cancel_pending: bool = False  # CANCEL wanted before any provisional arrived (§9.1)
     cancelled: bool = False
     abandoned: bool = False  # no longer the call's live attempt
@@ -298,6 +299,7 @@ class Calls:
 
     def attempt_response(self, call: Call, att: Attempt, resp: SipResponse, now: float) -> None:
         """A response to one of our B-leg INVITEs."""
+        att.responded = True
         status = resp.status
         if status < 200:
             if status == 100:
@@ -336,13 +338,13 @@ class Calls:
         att.final_status = status
         if att.abandoned or call.attempt is not att or att.cancelled:
             return
-        self._attempt_failed(call, att, status, now, ring_timeout=False)
+        self._attempt_failed(call, att, status, now)
 
     def attempt_timed_out(self, call: Call, att: Attempt, now: float) -> None:
         """Timer B: the buyer never answered the INVITE at all (acts as a 408)."""
         att.final_status = 408
         if not att.abandoned and call.attempt is att and call.state in _RINGING:
-            self._attempt_failed(call, att, 408, now, ring_timeout=False)
+            self._attempt_failed(call, att, 408, now)
 
     def attempt_over(self, tx: str) -> None:
         """The attempt's INVITE transaction is over: forget it and, unless it is the answered
@@ -388,6 +390,10 @@ class Calls:
             self._move(call, CallState.CALLING)
             self.attempts[att.tx] = (call, att)
             self.ctx.arm(TimerKind.RING, now + self.ctx.config.ring_timeout, call.call_id, index)
+            if self.ctx.config.trying_timeout > 0:
+                self.ctx.arm(
+                    TimerKind.TRYING, now + self.ctx.config.trying_timeout, call.call_id, index
+                )
             return
         self._final_to_a(call, 480, "Temporarily Unavailable", rule="no_reachable_endpoint")
         self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 480)
@@ -496,23 +502,27 @@ class Calls:
         self.ctx.effects.append(CallConfirmed(call_id=call.call_id))
 
     def _attempt_failed(
-        self, call: Call, att: Attempt, status: int, now: float, *, ring_timeout: bool
+        self, call: Call, att: Attempt, status: int, now: float, *, timeout: str | None = None
     ) -> None:
-        failover = (300 <= status < 700 and status != 487) or ring_timeout or status == 408
+        """The attempt failed with ``status``, or by one of our timers (``timeout``:
+        "ring_timeout", "no_response"): fail over, or give the caller the last answer."""
+        failover = (300 <= status < 700 and status != 487) or timeout is not None or status == 408
         if failover and att.index + 1 < len(call.targets):
             self._next_attempt(call, now)
             return
-        final = 480 if ring_timeout else status
-        reason = "Temporarily Unavailable" if ring_timeout else reason_phrase(status)
-        self._final_to_a(call, final, reason)
-        self._end(call, outcome_for_failure(final, ring_timeout), HangupSide.BUYER, final)
+        if timeout is not None:
+            self._final_to_a(call, 480, "Temporarily Unavailable", rule=timeout)
+            self._end(call, outcome_for_failure(480, True), HangupSide.BUYER, 480)
+            return
+        self._final_to_a(call, status, reason_phrase(status))
+        self._end(call, outcome_for_failure(status, False), HangupSide.BUYER, status)
 
     def _bad_buyer_sdp(self, call: Call, att: Attempt, exc: Exception, now: float) -> None:
         """A buyer answered with SDP we cannot anchor: that attempt failed (488)."""
         call.log.info("buyer SDP refused", extra={"reason": getattr(exc, "reason", str(exc))})
         att.final_status = 488
         self._abandon_attempt(call, now)
-        self._attempt_failed(call, att, 488, now, ring_timeout=False)
+        self._attempt_failed(call, att, 488, now)
 
     def _abandon_attempt(self, call: Call, now: float) -> None:
         att = call.attempt
@@ -649,7 +659,22 @@ class Calls:
         if att is None or att.index != index or att.abandoned or call.state not in _RINGING:
             return
         self._abandon_attempt(call, now)
-        self._attempt_failed(call, att, 408, now, ring_timeout=True)
+        self._attempt_failed(call, att, 408, now, timeout="ring_timeout")
+
+    def trying_timeout(self, call: Call, index: int, now: float) -> None:
+        """The endpoint sent nothing at all, not even 100 Trying: it is down, fail over now."""
+        att = call.attempt
+        if (
+            att is None
+            or att.index != index
+            or att.abandoned
+            or att.responded
+            or call.state not in _RINGING
+        ):
+            return
+        call.log.info("buyer endpoint did not respond", extra={"endpoint": att.uri})
+        self._abandon_attempt(call, now)
+        self._attempt_failed(call, att, 408, now, timeout="no_response")
 
     def cancel_guard(self, tx: str) -> None:
         found = self.attempts.get(tx)
@@ -732,9 +757,13 @@ class Calls:
 
 
 def relay_headers(resp: SipResponse) -> list[tuple[str, str]]:
-    """Headers of a response that travel to the other leg with it."""
+    """Headers of a response that travel to the other leg with it.
+
+    Not Require, RSeq or Supported: the switch does no 100rel (it never PRACKs a buyer) and
+    supports no option tag, so it must not pass them off as its own.
+    """
     out = []
-    for name in ("content-type", "require", "rseq", "allow", "supported"):
+    for name in ("content-type", "allow"):
         value = resp.headers.get(name)
         if value is not None:
             out.append((name, value))

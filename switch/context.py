@@ -40,6 +40,9 @@ class CoreConfig:
     host: str  # our SIP address (Via, Contact)
     port: int
     ring_timeout: float = 30.0
+    # No response at all (not even 100 Trying) from a buyer endpoint within this: it is dead,
+    # try the next target (Kamailio's fr_timer beside fr_inv_timer). 0: wait for Timer B.
+    trying_timeout: float = 2.0
     max_calls: int = 5000
     timers: TimerConfig = field(default_factory=TimerConfig)
     route_timeout: float = 5.0  # routing (gate, auction, media) that never comes back fails
@@ -51,6 +54,7 @@ class CoreConfig:
 class TimerKind(enum.Enum):
     ROUTE = "route"  # routing never came back within route_timeout
     RING = "ring"  # one attempt rang for DCE_RING_TIMEOUT
+    TRYING = "trying"  # one attempt got no response at all for trying_timeout
     CANCEL_GUARD = "cancel_guard"  # §9.1: no final response 64*T1 after our CANCEL
 
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from switch.call import Call, Calls, CallState
 from switch.context import RETRY_AFTER_S, Context, CoreConfig, TimerKind, reason_header
 from switch.dialog import DialogSnapshot, Leg
-from switch.effects import Effect, Rejected, RouteResult
+from switch.effects import Effect, ProbeAnswered, Rejected, RouteResult
 from switch.errors import SipParseError
 from switch.events import (
     RequestReceived,
@@ -40,11 +40,12 @@ from switch.events import (
 )
 from switch.indialog import InDialog
 from switch.media_session import MediaSession
-from switch.message import SipRequest, SipResponse, make_response, parse_message
+from switch.message import Headers, SipRequest, SipResponse, make_response, parse_message
 from switch.outside import Admitter, OutOfDialog, fix_via
 from switch.peer import Peer
 from switch.record import Outcome
 from switch.transaction import TransactionLayer
+from switch.uri import SipUri
 
 RECOVERY_SEQ_GAP = 1000
 
@@ -56,6 +57,7 @@ class SwitchCore:
         self._calls = Calls(ctx)
         self._outside = OutOfDialog(ctx, self._calls, admitter)
         self._indialog = InDialog(ctx, self._calls)
+        self._probes: dict[str, str] = {}  # OPTIONS client tx -> the probed URI
         self._shed = 0.0  # share of new INVITEs refused statelessly (set_shedding)
         self._shed_debt = 0.0
 
@@ -178,6 +180,32 @@ class SwitchCore:
             self._calls.send_bye(dialog, peer, now)
         self._pump(now)
 
+    def send_options(self, uri: str, now: float) -> bool:
+        """Probe a buyer endpoint with OPTIONS (RFC 3261 §11); the answer, or its absence,
+        comes back as ``ProbeAnswered``. False when ``uri`` is not a SIP URI we can send to."""
+        self._ctx.now = now
+        try:
+            target = SipUri.parse(uri)
+        except SipParseError:
+            return False
+        ctx = self._ctx
+        cfg = ctx.config
+        peer = Peer(target.transport, target.host, target.port or 5060)
+        h = Headers()
+        h.add(
+            "via",
+            f"SIP/2.0/{peer.via_transport} {cfg.host}:{cfg.port};branch={ctx.new_branch()};rport",
+        )
+        h.add("max-forwards", "70")
+        h.add("from", f"<sip:dce@{cfg.host}>;tag={ctx.new_tag()}")
+        h.add("to", f"<{uri}>")
+        h.add("call-id", f"{ctx.new_id()}@{cfg.host}")
+        h.add("cseq", "1 OPTIONS")
+        h.add("accept", "application/sdp")
+        tx = ctx.layer.send_request(SipRequest("OPTIONS", str(target), h), peer, now)
+        self._probes[tx] = uri
+        return True
+
     def handle_timer(self, now: float) -> None:
         ctx = self._ctx
         ctx.now = now
@@ -194,6 +222,8 @@ class SwitchCore:
                 continue
             if t.kind is TimerKind.ROUTE:
                 calls.route_timeout(call)
+            elif t.kind is TimerKind.TRYING:
+                calls.trying_timeout(call, t.attempt, now)
             else:
                 calls.ring_timeout(call, t.attempt, now)
         self._pump(now)
@@ -252,6 +282,7 @@ class SwitchCore:
             len(calls.byes),
             len(ctx.dialogs),
             len(self._indialog.relays),
+            len(self._probes),
         )
 
     # ------------------------------------------------------------------ pump
@@ -282,6 +313,7 @@ class SwitchCore:
                 case StrayResponse():
                     self._stray(ev.response)
                 case TransactionTerminated():
+                    self._probes.pop(ev.tx, None)
                     calls.attempt_over(ev.tx)
                     indialog.relays.pop(ev.tx, None)
                     calls.bye_done(ev.tx)  # a BYE that got no answer at all
@@ -290,6 +322,11 @@ class SwitchCore:
                     calls.by_a_tx.pop(ev.tx, None)
 
     def _response(self, tx: str, resp: SipResponse, now: float) -> None:
+        if tx in self._probes:
+            if resp.status >= 200:
+                uri = self._probes.pop(tx)
+                self._ctx.effects.append(ProbeAnswered(uri=uri, status=resp.status, at=now))
+            return
         calls = self._calls
         found = calls.attempts.get(tx)
         if found is not None:
@@ -305,6 +342,10 @@ class SwitchCore:
             calls.bye_done(tx)
 
     def _timed_out(self, ev: TransactionTimedOut, now: float) -> None:
+        uri = self._probes.pop(ev.tx, None)
+        if uri is not None:
+            self._ctx.effects.append(ProbeAnswered(uri=uri, status=None, at=now))
+            return
         calls = self._calls
         found = calls.attempts.get(ev.tx)
         if found is not None:

@@ -74,7 +74,17 @@ class CallEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     record: CallRecord
 
 
-Effect = RouteCall | OpenMedia | SendDtmf | CallAnswered | CallConfirmed | CallEnded
+class ProbeAnswered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An OPTIONS probe (``SwitchCore.send_options``) got its final response, or none."""
+
+    uri: str
+    status: int | None  # None: no response before Timer F
+    at: float
+
+
+Effect = (
+    RouteCall | OpenMedia | SendDtmf | CallAnswered | CallConfirmed | CallEnded | ProbeAnswered
+)
 
 
 class Routed(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -298,11 +298,42 @@ def test_ring_timeout_cancels_and_tries_next() -> None:
     h.feed(B1, make_response(cancels[0], 200, "OK"))
     answer(h, B1, b_inv, 487)
     assert h.take(A) == []  # the caller hears nothing of the abandoned attempt
+    answer(h, B2, b2_inv, 180)
+    assert [m.status for m in h.take(A)] == [180]  # type: ignore[union-attr]
     h.advance(3.0)
-    assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
+    (last,) = h.take(A)
+    assert isinstance(last, SipResponse) and last.status == 480
+    assert 'text="ring_timeout"' in (last.headers.get("reason") or "")
     (w,) = h.cdrs()
-    assert w.record.outcome is Outcome.NO_ANSWER
+    assert w.record.outcome is Outcome.NO_ANSWER and w.record.rule == "ring_timeout"
     assert b2_inv.method == "INVITE"
+
+
+def test_a_dead_endpoint_fails_over_in_two_seconds_not_the_ring_timeout() -> None:
+    h = Harness(ring_timeout=30.0)
+    start_call(h)
+    h.advance(1.9)
+    assert h.take(B2) == []
+    assert [m.method for m in h.take(B1)] == ["INVITE", "INVITE"]  # type: ignore[union-attr]
+    h.advance(0.2)  # 2 s without even a 100 Trying: the next target
+    (b2_inv,) = [m for m in h.take(B2) if isinstance(m, SipRequest)]
+    assert b2_inv.method == "INVITE"
+    h.feed(B2, make_response(b2_inv, 100, "Trying"))
+    h.advance(10.0)  # it answered 100: alive, it gets the whole ring timeout
+    assert [m for m in h.take(A) if isinstance(m, SipResponse) and m.status >= 200] == []
+    answer(h, B2, b2_inv, 200)
+    assert [m.status for m in h.take(A)] == [200]  # type: ignore[union-attr]
+
+
+def test_no_endpoint_responding_is_480_no_response() -> None:
+    h = Harness()
+    start_call(h)
+    h.advance(4.1)
+    finals = [m for m in h.take(A) if isinstance(m, SipResponse) and m.status >= 200]
+    assert finals and finals[0].status == 480
+    assert 'text="no_response"' in (finals[0].headers.get("reason") or "")
+    (w,) = h.cdrs()
+    assert w.record.rule == "no_response" and w.record.attempts == 2
 
 
 def test_cancel_before_answer() -> None:
@@ -473,7 +504,8 @@ def assert_clean(h: Harness) -> None:
     h.advance(200.0)
     core = h.core
     assert core.calls == {}
-    assert list(core.tables()) == [0] * 6  # calls, CANCEL map, attempts, BYEs, dialogs, relays
+    # calls, CANCEL map, attempts, BYEs, dialogs, relays, probes
+    assert list(core.tables()) == [0] * 7
     assert core.get_timer() is None
     assert len(core.layer) == 0
 
@@ -722,3 +754,24 @@ def test_shedding_refuses_new_invites_statelessly_but_never_admitted_ones() -> N
         h.feed(A, invite(call_id=f"b{i}@x", branch=f"z9hG4bKb{i}"))
     statuses = [m.status for m in h.take(A)]  # type: ignore[union-attr]
     assert statuses.count(503) == 5 and statuses.count(100) == 5  # exactly the share
+
+
+def test_options_probe_reports_the_answer_or_its_absence() -> None:
+    from switch.effects import ProbeAnswered
+
+    h = Harness()
+    assert h.core.send_options("sip:buyer@127.0.0.1:5070", h.now)
+    h.pump()
+    (probe,) = h.take(B1)
+    assert isinstance(probe, SipRequest) and probe.method == "OPTIONS"
+    h.feed(B1, make_response(probe, 200, "OK"))
+    (ans,) = [e for e in h.effects if isinstance(e, ProbeAnswered)]
+    assert (ans.uri, ans.status) == ("sip:buyer@127.0.0.1:5070", 200)
+    h.effects.clear()
+    assert h.core.send_options("sip:dead@127.0.0.1:5071", h.now)
+    h.pump()
+    h.advance(33.0)  # Timer F: 64*T1
+    (gone,) = [e for e in h.effects if isinstance(e, ProbeAnswered)]
+    assert gone.uri == "sip:dead@127.0.0.1:5071" and gone.status is None
+    assert not h.core.send_options("mailto:x@y", h.now)
+    assert_clean(h)
