@@ -327,7 +327,7 @@ class Calls:
                 status,
                 resp.reason,
                 to_tag=call.a_tag,
-                headers=[*_relay_headers(resp), ("contact", self.ctx.contact(call.a_peer))],
+                headers=[*_relay_headers(resp), *_dialog_headers(call, self.ctx)],
                 body=body,
             )
             self._a_early_dialog(call)
@@ -477,7 +477,7 @@ class Calls:
             200,
             resp.reason or "OK",
             to_tag=call.a_tag,
-            headers=[*_relay_headers(resp), ("contact", ctx.contact(call.a_peer))],
+            headers=[*_relay_headers(resp), *_dialog_headers(call, ctx)],
             body=body,
         )
         self._a_early_dialog(call)
@@ -715,6 +715,7 @@ class Calls:
         if call.a_dialog is not None:
             return
         a = call.a_invite
+        route = list(a.headers.get_list("record-route"))
         call.a_dialog = Dialog(
             call_id=a.call_id,
             local_tag=call.a_tag,
@@ -724,8 +725,10 @@ class Calls:
             local_seq=self.ctx.rng.randint(1, 2**20),
             remote_seq=a.cseq[0],
             remote_target=target_from(a, a.uri),
-            route_set=list(a.headers.get_list("record-route")),
-            peer=call.a_peer,
+            route_set=route,
+            # §12.2.1.1: the first hop of the route set (behind a proxy, the proxy), else the
+            # caller's flow itself.
+            peer=_next_hop(route, target_from(a, a.uri), call.a_peer) if route else call.a_peer,
             contact=self.ctx.contact(call.a_peer),
         )
         self.ctx.dialogs[(a.call_id, call.a_tag)] = (call, Leg.A)
@@ -771,6 +774,14 @@ def relay_headers(resp: SipResponse) -> list[tuple[str, str]]:
 
 
 _relay_headers = relay_headers
+
+
+def _dialog_headers(call: Call, ctx: Context) -> list[tuple[str, str]]:
+    """What our 18x/2xx to the caller carry to make the dialog: our Contact, and the INVITE's
+    Record-Route copied in order (RFC 3261 §12.1.1), so that the caller's ACK, BYE and
+    re-INVITE come back through every proxy that asked to stay on the path."""
+    rr = [("record-route", v) for v in call.a_invite.headers.get_list("record-route")]
+    return [*rr, ("contact", ctx.contact(call.a_peer))]
 
 
 def _next_hop(route: list[str], target: str, fallback: Peer) -> Peer:

@@ -775,3 +775,28 @@ def test_options_probe_reports_the_answer_or_its_absence() -> None:
     assert gone.uri == "sip:dead@127.0.0.1:5071" and gone.status is None
     assert not h.core.send_options("mailto:x@y", h.now)
     assert_clean(h)
+
+
+def test_record_route_of_the_invite_is_copied_into_18x_and_2xx() -> None:
+    """RFC 3261 §12.1.1: behind a record-routing proxy (Kamailio, an SBC) the caller's ACK and
+    BYE only come back if our responses carry the Record-Route set."""
+    h = Harness()
+    rr = b"Record-Route: <sip:10.0.0.1;lr>, <sip:10.0.0.2;lr;ftag=x>\r\n"
+    h.feed(A, invite().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\n" + rr))
+    h.take(A)
+    h.route(Routed(targets=TARGETS))
+    (b_inv,) = h.take(B1)
+    assert isinstance(b_inv, SipRequest)
+    assert b_inv.headers.get_list("record-route") == []  # our own leg: we are the UAC
+    answer(h, B1, b_inv, 180)
+    answer(h, B1, b_inv, 200)
+    for resp in h.take(A):
+        assert isinstance(resp, SipResponse)
+        assert resp.headers.get_list("record-route") == [
+            "<sip:10.0.0.1;lr>", "<sip:10.0.0.2;lr;ftag=x>"], resp.status
+    # Our BYE to the caller follows that route set: first hop in Route, Request-URI its Contact.
+    h.core.drain(h.now)
+    h.pump()
+    (bye,) = [m for m in h.take(Peer("udp", "10.0.0.1", 5060)) if isinstance(m, SipRequest)]
+    assert bye.headers.get_list("route") == ["<sip:10.0.0.1;lr>", "<sip:10.0.0.2;lr;ftag=x>"]
+    assert bye.uri == "sip:caller@127.0.0.1:5080"
