@@ -142,9 +142,12 @@ async def serve_calls(port: int, rtp_low: int) -> None:
 async def serve_ws(port: int) -> None:
     from aiohttp import web
 
+    from switch.transport import ConnLimits
     from switch.websocket import WsHub
 
-    hub = WsHub(lambda data, peer: None, lambda: None, lambda peer: None)
+    # Every simulated browser comes from 127.0.0.1: no per-address cap, no idle timeout.
+    hub = WsHub(lambda data, peer: None, lambda: None, lambda peer: None,
+                limits=ConnLimits(max_connections=0, max_per_source=0, idle_timeout=0))
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"rss_kb": rss_kb(), "open": hub.stats.open})

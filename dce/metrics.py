@@ -71,6 +71,7 @@ class _SwitchCollector(Collector):
             yield from _cdr_metrics(writer)
         yield from _admission(self.switch)
         yield from _shield(self.switch)
+        yield from _endpoint_health(self.switch)
 
 
 def _cdr_metrics(writer: CdrWriter) -> Iterator[Any]:
@@ -192,3 +193,17 @@ def _shield(switch: Switch) -> Iterator[Any]:
     closed.add_metric(["idle"], stats.closed_idle)
     closed.add_metric(["stalled"], stats.closed_stalled)
     yield closed
+
+
+def _endpoint_health(switch: Switch) -> Iterator[Any]:
+    """Buyer endpoint health (dce/endpoint_health.py): probed URIs by state, OPTIONS probes."""
+    health = switch.prober.health
+    states = GaugeMetricFamily("dce_endpoints", "probed buyer endpoint URIs by health",
+                               labels=["state"])
+    for state, count in health.counts().items():
+        states.add_metric([state.value], count)
+    yield states
+    yield CounterMetricFamily("dce_probes_sent", "OPTIONS probes sent", value=health.sent)
+    yield CounterMetricFamily("dce_probes_failed",
+                              "probes unanswered in time or answered 408, 5xx (not 501), 6xx",
+                              value=health.failed)

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from dce.admit import TrunkAdmitter
 from dce.bridge import CallBridge
@@ -30,6 +30,7 @@ from switch.effects import (
     CallConfirmed,
     CallEnded,
     OpenMedia,
+    ProbeAnswered,
     RouteCall,
     SendDtmf,
 )
@@ -41,6 +42,12 @@ from switch.websocket import WsHub
 logger = logging.getLogger(__name__)
 
 TIMER_GRID = 100  # core timer resolution: 1/100 s
+
+
+class ProbeSink(Protocol):
+    """Who takes the answers to OPTIONS probes (dce/endpoint_health.py ``Prober``)."""
+
+    def answered(self, uri: str, status: int | None, at: float) -> None: ...
 
 
 class SipPump:
@@ -59,6 +66,8 @@ class SipPump:
         # Drops a blocked source's INVITEs unparsed and counts each trunk's live calls.
         self.admitter: TrunkAdmitter | None = None
         self.journal: Journal | None = None  # crash recovery (dce/journal.py)
+        # Buyer endpoint health (dce/endpoint_health.py Prober): takes ProbeAnswered.
+        self.prober: ProbeSink | None = None
         self.udp: UdpTransport | None = None
         self.tcp: TcpHub | None = None
         self.ws: WsHub | None = None
@@ -71,8 +80,18 @@ class SipPump:
 
     def feed(self, data: bytes, peer: Peer) -> None:
         now = self.loop.time()
-        if self.admitter is not None and self.admitter.drops(data, peer, now):
-            return
+        admitter = self.admitter
+        if admitter is not None:
+            if admitter.drops(data, peer, now):
+                return
+            # An unknown source's INVITE: answered without parsing it or keeping a
+            # transaction (switch/stateless.py).
+            refusal = admitter.refusal(data, peer, now)
+            if refusal is not None:
+                status, response = refusal
+                self.core.stats["calls_forbidden" if status == 403 else "calls_challenged"] += 1
+                self.send(response, peer)
+                return
         self.core.receive_datagram(data, peer, now)
 
     def connection_closed(self, peer: Peer) -> None:
@@ -89,16 +108,7 @@ class SipPump:
         """Send what the core produced, carry out its effects, re-arm its one timer."""
         core = self.core
         for data, peer in core.datagrams_to_send():
-            transport = peer.transport
-            if transport == "udp":
-                assert self.udp is not None
-                self.udp.send(data, peer.host, peer.port)
-            elif transport == "tcp" and self.tcp is not None:
-                self.tcp.send(data, peer)
-            elif transport in ("ws", "wss") and self.ws is not None:
-                self.ws.send(data, peer)
-            else:
-                logger.warning("no transport for peer", extra={"peer": str(peer)})
+            self.send(data, peer)
         journal = self.journal
         while (effect := core.next_effect()) is not None:
             match effect:
@@ -135,6 +145,9 @@ class SipPump:
                         journal.append(Confirmed(call_id=effect.call_id))
                 case SendDtmf():
                     self.media.send_dtmf(effect.call_id, effect.digit, effect.duration_ms)
+                case ProbeAnswered():
+                    if self.prober is not None:
+                        self.prober.answered(effect.uri, effect.status, effect.at)
         if self.admitter is not None:
             self.admitter.settled()  # every INVITE fed so far is now a live call or refused
         if journal is not None:
@@ -153,6 +166,19 @@ class SipPump:
                 self._timer.cancel()
             self._timer = self.loop.call_at(when, self._on_timer)
             self._timer_at = when
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """One message to ``peer`` on its transport."""
+        transport = peer.transport
+        if transport == "udp":
+            assert self.udp is not None
+            self.udp.send(data, peer.host, peer.port)
+        elif transport == "tcp" and self.tcp is not None:
+            self.tcp.send(data, peer)
+        elif transport in ("ws", "wss") and self.ws is not None:
+            self.ws.send(data, peer)
+        else:
+            logger.warning("no transport for peer", extra={"peer": str(peer)})
 
     def _on_timer(self) -> None:
         self._timer = None

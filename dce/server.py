@@ -34,6 +34,7 @@ from config.settings import Settings
 from dce.admit import TrunkAdmitter, guard_config
 from dce.bridge import CallBridge
 from dce.configsync import seed_or_compare
+from dce.endpoint_health import HealthTracker, ProbeConfig, Prober
 from dce.health import DatabaseProbe, health
 from dce.journal import Beat, Journal
 from dce.load import TICK, LoadGate, udp_rx_queue
@@ -106,6 +107,12 @@ class Switch:
         )
         self.pump = SipPump(self.loop, self.core, self.media, self._submit_cdr)
         self.pump.admitter = self.admitter
+        # Buyer endpoint health: OPTIONS probes; routing skips endpoints that are down.
+        probes = ProbeConfig(interval=settings.probe_interval, timeout=settings.probe_timeout,
+                             down_after=settings.probe_down_after,
+                             up_after=settings.probe_up_after)
+        self.prober = Prober(HealthTracker(probes), self.core, self.pump.transmit, self.loop.time)
+        self.pump.prober = self.prober
         # Rate limits, bans and connection caps every transport consults (dce/shield.py).
         self.shield = Shield(self.loop, settings, self.admitter, self.core)
         self.ws = WsHub(
@@ -127,6 +134,8 @@ class Switch:
         await self._open_database()
         self.router = self._build_router()
         self.bridge = CallBridge(self._build_gate(), self.router, self.config)
+        self.prober.router = self.router
+        self.prober.set_config(self.config)
         self.pump.bridge = self.bridge
         # Consent records and erasure suppressions live in the database (admin API).
         await load_compliance(self.store, self.bridge.gate, self._secret("erasure_secret"))
@@ -158,6 +167,8 @@ class Switch:
             self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
         self._background.append(self.loop.create_task(self._heartbeat()))
         self._background.append(self.loop.create_task(self._watch_load()))
+        if s.probe_interval > 0:
+            self._background.append(self.loop.create_task(self.prober.run()))
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
@@ -376,6 +387,7 @@ class Switch:
         assert self.bridge is not None
         self.bridge.update(config)  # compiles first; raises and keeps the old one if invalid
         self.admitter.update(config)
+        self.prober.set_config(config)
         self.config = config
 
     # ------------------------------------------------------------------ HTTP
@@ -391,6 +403,7 @@ class Switch:
             app, self.store, admin_token=self.admin_token, on_change=self._reload_exchange,
             gate=self.bridge.gate, wall=lambda: datetime.now(UTC),
             dnc_dir=self.settings.data_dir / "dnc", flush_cdrs=self.cdr_writer.flush,
+            endpoint_health=lambda uri: self.prober.view(uri, self.pump.wall),
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -4,8 +4,11 @@ Theory of operation
 -------------------
 A browser SIP client opens ``ws(s)://<http listen>/sip`` offering the ``sip`` subprotocol
 (RFC 7118 §4.1). :meth:`WsHub.handle` refuses the upgrade with plain HTTP when it cannot serve
-the connection: 400 without the ``sip`` subprotocol, 403 when ``token_check`` refuses the
-``?token=`` credential, 503 above ``max_connections``. Otherwise every WebSocket message is
+the connection: 403 for a banned source (switch/pike.py), 400 without the ``sip``
+subprotocol, 403 when ``token_check`` refuses the ``?token=`` credential, and, for a
+connection not bound to a trunk by its token, 429 above ``ConnLimits.max_per_source``
+connections from its address and 503 above ``ConnLimits.max_connections`` such connections in
+all (each refusal closes the HTTP connection). Otherwise every WebSocket message is
 one SIP message (RFC 7118 §5: "each SIP message MUST be carried within a single WebSocket
 message"), text or binary. Each becomes one ``feed(data, peer)`` call into the sans-IO core,
 with ``peer = Peer("ws" | "wss", remote host, remote port, conn_id)``, followed by
@@ -23,6 +26,11 @@ What is not SIP never reaches the core and never stops the process:
 * anything else (JSON, HTML, random bytes) closes the socket with 1003 "unsupported data"
   and a reason; a text message that is not UTF-8 is closed by aiohttp with 1007, and a message
   above ``max_frame`` (64 KiB) with 1009.
+
+Each message of a connection not bound to a trunk counts against its address's rate limit
+(``Guard.pike``); a source banned meanwhile has its socket closed with 1008. A connection that
+carried no SIP message (nor CRLF keep-alive) either way for ``ConnLimits.idle_timeout`` is
+closed with 1000 "idle timeout", unless it carries a live call (``Guard.busy``).
 
 When a socket closes, for whatever reason, ``on_close(peer)`` is called once, so the core can
 end that connection's calls (BYE toward the buyer, CDR written). A connection never holds a
@@ -42,12 +50,13 @@ import itertools
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from switch.peer import Peer
+from switch.transport import ConnLimits, Guard
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +81,12 @@ class WsStats:
 
     open: int = 0
     opened: int = 0
-    refused: int = 0  # upgrades answered 400/403/503
+    refused: int = 0  # upgrades answered 400/403/429/503
+    refused_banned: int = 0  # of which: the source is banned
+    refused_per_source: int = 0  # of which: 429, too many from its address
+    refused_total: int = 0  # of which: 503, too many in all
+    closed_idle: int = 0
+    dropped: int = 0  # messages from banned sources, dropped unread
     frames_in: int = 0
     frames_out: int = 0
     bad_frames: int = 0  # closed 1003/1007/1009
@@ -83,6 +97,11 @@ class WsStats:
             "ws_connections_open": self.open,
             "ws_connections_total": self.opened,
             "ws_upgrades_refused": self.refused,
+            "ws_refused_banned": self.refused_banned,
+            "ws_refused_per_source": self.refused_per_source,
+            "ws_refused_total_cap": self.refused_total,
+            "ws_closed_idle": self.closed_idle,
+            "ws_dropped_banned": self.dropped,
             "ws_frames_in": self.frames_in,
             "ws_frames_out": self.frames_out,
             "ws_bad_frames": self.bad_frames,
@@ -96,6 +115,8 @@ class _Conn:
     peer: Peer
     trunk_id: str
     binary: bool = False  # the client speaks in binary frames: answer in kind
+    counted: bool = False  # counted against the caps of an untrusted source
+    last_activity: float = 0.0  # last SIP message or keep-alive either way (idle check)
     out: deque[bytes] = field(default_factory=deque)
     writer: asyncio.Task[None] | None = None
 
@@ -110,7 +131,8 @@ class WsHub:
         on_close: Callable[[Peer], None],
         *,
         token_check: Callable[[web.Request], str | None] | None = None,
-        max_connections: int = 10_000,
+        guard: Guard | None = None,
+        limits: ConnLimits | None = None,
         max_frame: int = MAX_FRAME,
         heartbeat: float | None = HEARTBEAT,
         first_conn_id: int = 1_000_000_000,
@@ -119,12 +141,18 @@ class WsHub:
         self._after = after
         self._on_close = on_close
         self._token_check = token_check
-        self.max_connections = max_connections
+        self.guard = guard = guard or Guard()
+        self._banned = guard.banned
+        self.limits = limits or ConnLimits()
         self.max_frame = max_frame
         self.heartbeat = heartbeat
         # Connection ids start far above TcpHub's so a Peer never names the wrong socket.
         self._ids = itertools.count(first_conn_id)
         self._conns: dict[int, _Conn] = {}
+        self._untrusted = 0
+        self._by_host: dict[str, int] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[bool]] = set()
         self.stats = WsStats()
 
     def __len__(self) -> int:
@@ -145,38 +173,64 @@ class WsHub:
             heartbeat=self.heartbeat,
             compress=False,  # permessage-deflate costs ~100 KB per connection; SIP is small
         )
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        host, port = (peername[0], peername[1]) if peername else (request.remote or "", 0)
+        if host in self._banned:
+            self.stats.refused += 1
+            self.stats.refused_banned += 1
+            return _refuse(403, "Forbidden\n")
         ready = ws.can_prepare(request)
         if not ready.ok:
             self.stats.refused += 1
-            return web.Response(status=400, text="WebSocket upgrade expected\n")
+            return _refuse(400, "WebSocket upgrade expected\n")
         if ready.protocol != SUBPROTOCOL:
             # RFC 7118 §4.1: the client MUST offer "sip"; without it we cannot speak SIP.
             self.stats.refused += 1
-            return web.Response(status=400, text="Sec-WebSocket-Protocol: sip is required\n")
+            return _refuse(400, "Sec-WebSocket-Protocol: sip is required\n")
         trunk_id = ""
         if self._token_check is not None:
             checked = self._token_check(request)
             if checked is None:
                 self.stats.refused += 1
                 logger.info("websocket refused: bad token", extra={"peer": request.remote})
-                return web.Response(status=403, text="Forbidden\n")
+                return _refuse(403, "Forbidden\n")
             trunk_id = checked
-        if len(self._conns) >= self.max_connections:
-            self.stats.refused += 1
-            return web.Response(status=503, headers={"Retry-After": "5"}, text="Busy\n")
+        # A connection bound to a trunk by its token, or from a trusted address, is never
+        # refused for the caps: they keep floods of anonymous sockets in check.
+        counted = not trunk_id and not self.guard.trusted(host)
+        if counted:
+            limits = self.limits
+            if limits.max_connections and self._untrusted >= limits.max_connections:
+                self.stats.refused += 1
+                self.stats.refused_total += 1
+                return _refuse(503, "Busy\n", {"Retry-After": "5"})
+            if limits.max_per_source and self._by_host.get(host, 0) >= limits.max_per_source:
+                self.stats.refused += 1
+                self.stats.refused_per_source += 1
+                return _refuse(429, "Too many connections from this address\n")
         await ws.prepare(request)
-        peername = request.transport.get_extra_info("peername") if request.transport else None
-        host, port = (peername[0], peername[1]) if peername else (request.remote or "", 0)
+        loop = asyncio.get_running_loop()
         conn_id = next(self._ids)
         peer = Peer("wss" if request.secure else "ws", host, port, conn_id)
-        conn = _Conn(ws, peer, trunk_id)
+        conn = _Conn(ws, peer, trunk_id, counted=counted, last_activity=loop.time())
         self._conns[conn_id] = conn
+        if counted:
+            self._untrusted += 1
+            self._by_host[host] = self._by_host.get(host, 0) + 1
         self.stats.open += 1
         self.stats.opened += 1
+        self._arm_sweep(loop)
         try:
             await self._pump(conn)
         finally:
             self._conns.pop(conn_id, None)
+            if counted:
+                self._untrusted -= 1
+                left = self._by_host.get(host, 1) - 1
+                if left:
+                    self._by_host[host] = left
+                else:
+                    self._by_host.pop(host, None)
             self.stats.open -= 1
             if conn.writer is not None and not conn.writer.done():
                 conn.writer.cancel()
@@ -189,7 +243,22 @@ class WsHub:
 
     async def _pump(self, conn: _Conn) -> None:
         ws = conn.ws
+        host = conn.peer.host
+        pike = None if conn.trunk_id else self.guard.pike
+        banned = self._banned
+        time = asyncio.get_running_loop().time
         async for msg in ws:
+            if host in banned:
+                self.stats.dropped += 1
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"banned")
+                return
+            now = time()
+            if pike is not None and not pike.hit(host, now):
+                self.stats.dropped += 1
+                self.guard.on_ban(host)
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limit")
+                return
+            conn.last_activity = now
             if msg.type is WSMsgType.TEXT:
                 data = msg.data.encode("utf-8")
             elif msg.type is WSMsgType.BINARY:
@@ -233,8 +302,10 @@ class WsHub:
             logger.debug("websocket gone, message dropped", extra={"peer": str(peer)})
             return
         conn.out.append(data)
+        loop = asyncio.get_running_loop()
+        conn.last_activity = loop.time()
         if conn.writer is None or conn.writer.done():
-            conn.writer = asyncio.get_running_loop().create_task(self._write(conn))
+            conn.writer = loop.create_task(self._write(conn))
 
     async def _write(self, conn: _Conn) -> None:
         ws, out = conn.ws, conn.out
@@ -259,8 +330,40 @@ class WsHub:
                 "websocket send failed", extra={"peer": str(conn.peer), "reason": str(exc)}
             )
 
+    # ----------------------------------------------------------------- idleness
+
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeper is None and self._conns and self.limits.idle_timeout:
+            self._sweeper = loop.call_later(self.limits.sweep_interval(), self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the connections idle for ``idle_timeout`` that carry no live call."""
+        self._sweeper = None
+        now = loop.time()
+        idle = self.limits.idle_timeout
+        busy: Container[object] | None = None
+        for conn in list(self._conns.values()):
+            if conn.ws.closed or now - conn.last_activity < idle:
+                continue
+            if busy is None:
+                busy = self.guard.busy()
+            if conn.peer.conn in busy:
+                continue  # a live call's connection is not idle until the call ends
+            self.stats.closed_idle += 1
+            conn.last_activity = now  # closing takes a moment: count it once
+            logger.info("closing idle websocket", extra={"peer": str(conn.peer)})
+            task = loop.create_task(
+                conn.ws.close(code=WSCloseCode.OK, message=b"idle timeout")
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._arm_sweep(loop)
+
     async def close_all(self) -> None:
         """Shutdown: close every socket with 1001 (going away), after pending sends."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         conns = list(self._conns.values())
         for conn in conns:
             if conn.writer is not None and not conn.writer.done():
@@ -272,3 +375,10 @@ class WsHub:
             *(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down") for c in conns),
             return_exceptions=True,
         )
+
+
+def _refuse(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A refused upgrade: the answer, then the HTTP connection is closed at once."""
+    response = web.Response(status=status, headers=headers, text=text)
+    response.force_close()
+    return response
