@@ -83,6 +83,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ring_timeout: float = 30.0
     # No response at all from a buyer endpoint (not even 100 Trying) within this: fail over.
     trying_timeout: float = 2.0
+    # Buyer endpoint health (dce/endpoint_health.py): an OPTIONS to every active endpoint each
+    # probe_interval (0: no probing), given up after probe_timeout; down after
+    # probe_down_after failures in a row, up again after probe_up_after answers in a row.
+    probe_interval: float = 10.0
+    probe_timeout: float = 2.0
+    probe_down_after: int = 2
+    probe_up_after: int = 2
     media_timeout: float = 60.0
     max_calls: int = 5000
     log_level: str = "info"
@@ -226,6 +233,9 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "tls_key": lambda raw, key: Path(str(raw)),
     "stir_trust_dir": lambda raw, key: Path(str(raw)),
     "auth_fail_window": _positive_duration,
+    "probe_timeout": _positive_duration,
+    "probe_down_after": lambda raw, key: parse_int(raw, key, minimum=1),
+    "probe_up_after": lambda raw, key: parse_int(raw, key, minimum=1),
     "auth_block_time": _positive_duration,
     "pike_window": _positive_duration,
     "pike_ban": _positive_duration,

@@ -113,7 +113,7 @@ class TrunkAdmitter:
         """True for a message to drop unparsed: an initial INVITE from a blocked source that
         would need authentication, beyond the few the guard lets through to be answered 403."""
         guard = self.guard
-        if not guard.any_source_blocked:
+        if not guard.any_source_blocked(now):
             return False
         if not data.startswith(b"INVITE ") or _has_to_tag(data):
             return False  # other requests need no authentication; responses pass

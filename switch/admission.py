@@ -14,16 +14,24 @@ answers per request without allocating much:
 * Digest: a ``dict`` from user name to trunk feeds
   :meth:`~switch.auth.DigestAuthenticator.verify`.
 
-:meth:`Admission.admit` decides, in this order::
+:meth:`Admission.admit` decides, in this order (``text`` is the ``Reason`` the peer sees)::
 
     source address matches an active trunk       -> Admitted(via="source")
-    no active trunk has digest credentials       -> Forbidden("unknown source")
+    no active trunk has digest credentials       -> Forbidden(text="unknown_source")
+    the source is blocked (guard)                -> Forbidden(text="blocked")       unchecked
     no usable Digest credentials for our realm   -> Challenge(stale=False)   (401)
+    the user name is blocked for this source     -> Forbidden(text="blocked")       unchecked
     credentials valid                            -> Admitted(via="digest")
     right digest, expired nonce                  -> Challenge(stale=True)    (401)
     nonce not ours (e.g. issued before a restart
     that changed the secret)                     -> Challenge(stale=False)
-    anything else                                -> Forbidden(reason)        (403)
+    unknown user or wrong password               -> Forbidden(text="auth_failed", failure=True)
+    anything else (malformed, unsupported ...)   -> Forbidden(text=<the reason>, failure=True)
+
+An unknown user name and a wrong password get the same answer, so a peer cannot tell which
+user names exist (the reason for logs says which). ``failure=True`` marks refused
+credentials: the caller reports them to the :class:`~switch.guard.AuthGuard` and logs them;
+this module only reads the guard.
 
 A UAC that answers a fresh challenge wrongly gets 403, so there is no challenge loop
 (RFC 3261 §22.2: a UAC should not retry credentials that were just refused). Inactive
@@ -51,6 +59,7 @@ from switch.auth import (
     UnsupportedScheme,
     parse_authorization,
 )
+from switch.guard import AuthGuard
 
 __all__ = ["Admission", "AdmissionResult", "Admitted", "Challenge", "Forbidden", "TrunkLike"]
 
@@ -88,12 +97,25 @@ class Challenge(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Forbidden(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Answer 403; ``reason`` is for logs and the CDR, not for the peer."""
+    """Answer 403 with ``text`` as the Reason; ``reason`` is for logs, not for the peer."""
 
     reason: str
+    text: str
+    failure: bool = False  # credentials were presented and refused: count and log them
+    username: str | None = None  # the user name they named, when they could be read
 
 
 AdmissionResult = Admitted[T] | Challenge | Forbidden
+
+_BLOCKED_SOURCE = Forbidden(reason="source blocked", text="blocked")
+
+
+def _public_text(reason: AuthFailure) -> str:
+    """The Reason text a peer gets: one text for "no such user" and "wrong password"."""
+    if reason in (AuthFailure.UNKNOWN_USER, AuthFailure.WRONG_RESPONSE):
+        return "auth_failed"
+    return reason.value.replace(" ", "_")
+
 
 _IPV4_BITS = 32
 _IPV6_BITS = 128
@@ -232,6 +254,8 @@ class Admission(Generic[T]):
         auth: DigestAuthenticator,
         *,
         request_uri: str | None = None,
+        guard: AuthGuard | None = None,
+        by_source: bool = True,
     ) -> Admitted[T] | Challenge | Forbidden:
         """Decide whether a request from ``ip`` may place a call (table in the module docstring).
 
@@ -246,12 +270,18 @@ class Admission(Generic[T]):
             now: monotonic seconds, for nonce freshness and new nonces.
             auth: the authenticator whose realm and secret apply.
             request_uri: when given, digest credentials must be for this URI.
+            guard: blocks to honour (read only: the caller reports outcomes to it).
+            by_source: False for peers never admitted by address (browsers); ``ip`` still
+                counts for the guard.
         """
-        trunk = self.match_source(ip)
-        if trunk is not None:
-            return Admitted(trunk=trunk, via="source")
+        if by_source:
+            trunk = self.match_source(ip)
+            if trunk is not None:
+                return Admitted(trunk=trunk, via="source")
         if not self._users:
-            return Forbidden(reason="unknown source")
+            return Forbidden(reason="unknown source", text="unknown_source")
+        if guard is not None and guard.source_blocked(ip, now):
+            return _BLOCKED_SOURCE
         if authorization is None:
             return self._challenge(auth, now, stale=False)
         try:
@@ -260,23 +290,28 @@ class Admission(Generic[T]):
             # Basic or another scheme: we have not been answered in Digest yet.
             return self._challenge(auth, now, stale=False)
         except DigestParseError as exc:
-            return Forbidden(reason=f"malformed credentials: {exc}")
+            return Forbidden(reason=f"malformed credentials: {exc}",
+                             text="malformed_credentials", failure=True)
         if creds.realm != auth.realm:
             # RFC 3261 §22.3: credentials for another realm are no credentials for ours.
             return self._challenge(auth, now, stale=False)
+        if guard is not None and guard.user_blocked(creds.username, ip, now):
+            return Forbidden(reason="user blocked", text="blocked", username=creds.username)
         result = auth.verify(creds, method, self.password_for, now, request_uri=request_uri)
         match result:
             case AuthOk(username=username):
                 trunk = self._users.get(username)
                 if trunk is None:  # pragma: no cover - password_for found it a moment ago
-                    return Forbidden(reason=AuthFailure.UNKNOWN_USER.value)
+                    return Forbidden(reason=AuthFailure.UNKNOWN_USER.value, text="auth_failed",
+                                     failure=True, username=username)
                 return Admitted(trunk=trunk, via="digest")
             case AuthStale():
                 return self._challenge(auth, now, stale=True)
             case AuthFailed(reason=AuthFailure.NONCE_NOT_OURS):
                 return self._challenge(auth, now, stale=False)
             case AuthFailed(reason=reason):
-                return Forbidden(reason=reason.value)
+                return Forbidden(reason=reason.value, text=_public_text(reason), failure=True,
+                                 username=creds.username)
 
     @staticmethod
     def _challenge(auth: DigestAuthenticator, now: float, *, stale: bool) -> Challenge:

@@ -12,6 +12,7 @@ import pytest
 
 from switch.admission import Admission, Admitted, Challenge, Forbidden
 from switch.auth import DigestAuthenticator
+from switch.guard import AuthGuard, GuardConfig
 
 REALM = "dce.example.net"
 SECRET = b"k" * 32
@@ -244,25 +245,25 @@ ADMIT_CASES: list[Any] = [
     pytest.param(
         "198.51.100.99",
         lambda a: authorization(a.make_nonce(NOW - 301), password="wrong"),
-        ("forbidden", "wrong response"),
+        ("forbidden", "wrong response", "auth_failed"),
         id="stale-and-wrong",
     ),
     pytest.param(
         "198.51.100.99",
         lambda a: authorization(a.make_nonce(NOW), password="wrong"),
-        ("forbidden", "wrong response"),
+        ("forbidden", "wrong response", "auth_failed"),
         id="wrong-password",
     ),
     pytest.param(
         "198.51.100.99",
         lambda a: authorization(a.make_nonce(NOW), username="mallory"),
-        ("forbidden", "unknown user"),
+        ("forbidden", "unknown user", "auth_failed"),
         id="unknown-user",
     ),
     pytest.param(
         "198.51.100.99",
         lambda a: authorization(a.make_nonce(NOW), username="bob", password="builder"),
-        ("forbidden", "unknown user"),
+        ("forbidden", "unknown user", "auth_failed"),
         id="inactive-trunk-user",
     ),
     pytest.param(
@@ -283,13 +284,14 @@ ADMIT_CASES: list[Any] = [
     pytest.param(
         "198.51.100.99",
         'Digest username="alice", realm=',
-        ("forbidden", "malformed credentials: Authorization: empty value"),
+        ("forbidden", "malformed credentials: Authorization: empty value",
+         "malformed_credentials"),
         id="malformed",
     ),
     pytest.param(
         "198.51.100.99",
         lambda a: authorization(a.make_nonce(NOW), uri="sip:+18005550199@dce.example.net"),
-        ("forbidden", "uri mismatch"),
+        ("forbidden", "uri mismatch", "uri_mismatch"),
         id="uri-mismatch",
     ),
 ]
@@ -314,9 +316,11 @@ def test_admit(
             algorithms = [re.search(r"algorithm=([\w-]+)", h) for h in result.headers]
             assert [m.group(1) for m in algorithms if m] == ["SHA-256", "MD5"]
             assert all(("stale=true" in h) == stale for h in result.headers)
-        case ("forbidden", reason):
+        case ("forbidden", reason, text):
             assert isinstance(result, Forbidden)
             assert result.reason.startswith(reason)
+            # What the peer sees: the same for an unknown user and a wrong password.
+            assert (result.text, result.failure) == (text, True)
         case _:
             pytest.fail(f"bad case {expected}")
 
@@ -331,7 +335,7 @@ def test_unknown_source_without_digest_trunks(
         [trunk("a", "192.0.2.1"), trunk("u", username="u", password="p", active=False)]
     )
     assert admission.admit("192.0.2.2", header, "INVITE", NOW, auth) == Forbidden(
-        reason="unknown source"
+        reason="unknown source", text="unknown_source"
     )
 
 
@@ -358,3 +362,54 @@ def test_exchange_trunk_fits(auth: DigestAuthenticator) -> None:
     result = admission.admit("198.51.100.1", value, "INVITE", NOW, auth)
     assert isinstance(result, Admitted)
     assert (result.trunk, result.via) == (by_user, "digest")
+
+
+# -- with a guard (password guessing) ------------------------------------------------------------
+
+GUESSER = "198.51.100.66"
+
+
+def test_guard_blocked_source_refused_unchecked_even_with_the_right_password(
+    admission: Admission[Trunk], auth: DigestAuthenticator
+) -> None:
+    guard = AuthGuard(GuardConfig(source_limit=3, window=60, block=30))
+    for _ in range(3):
+        guard.failed(GUESSER, "alice", NOW)
+    right = _digest_ok(auth)
+    for header in (None, right):  # no challenge either: the source learns nothing
+        result = admission.admit(GUESSER, header, "INVITE", NOW + 1, auth, guard=guard)
+        assert result == Forbidden(reason="source blocked", text="blocked")
+    # Another source is not affected; an IP trunk's address is never blocked.
+    ok = admission.admit("198.51.100.67", right, "INVITE", NOW + 1, auth, guard=guard)
+    assert isinstance(ok, Admitted) and ok.trunk.id == "digest"
+    for _ in range(3):
+        guard.failed("192.0.2.10", None, NOW)
+    by_ip = admission.admit("192.0.2.10", None, "INVITE", NOW + 1, auth, guard=guard)
+    assert isinstance(by_ip, Admitted) and by_ip.via == "source"
+    # After the block the right password gets in.
+    fresh = authorization(auth.make_nonce(NOW + 31))
+    later = admission.admit(GUESSER, fresh, "INVITE", NOW + 31, auth, guard=guard)
+    assert isinstance(later, Admitted) and later.trunk.id == "digest"
+
+
+def test_guard_blocked_user_spares_sources_it_trusts(
+    admission: Admission[Trunk], auth: DigestAuthenticator
+) -> None:
+    guard = AuthGuard(GuardConfig(source_limit=0, user_limit=4, window=60, block=30))
+    guard.succeeded("203.0.113.1", "alice", NOW - 100)  # the trunk's own SBC
+    for i in range(4):  # four sources, one guess each: distributed guessing
+        guard.failed(f"198.51.100.{i}", "alice", NOW)
+    right = _digest_ok(auth)
+    blocked = admission.admit(GUESSER, right, "INVITE", NOW, auth, guard=guard)
+    assert blocked == Forbidden(reason="user blocked", text="blocked", username="alice")
+    trusted = admission.admit("203.0.113.1", right, "INVITE", NOW, auth, guard=guard)
+    assert isinstance(trusted, Admitted) and trusted.trunk.id == "digest"
+    # Without credentials the user name is unknown: a challenge, as for anyone.
+    assert isinstance(admission.admit(GUESSER, None, "INVITE", NOW, auth, guard=guard), Challenge)
+
+
+def test_by_source_false_never_admits_by_address(
+    admission: Admission[Trunk], auth: DigestAuthenticator
+) -> None:
+    result = admission.admit("192.0.2.10", None, "INVITE", NOW, auth, by_source=False)
+    assert isinstance(result, Challenge)
