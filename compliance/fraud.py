@@ -190,12 +190,14 @@ def unassignable(number: NumberInfo) -> bool:
     ATIS-0300115 (NANP numbering guidelines) reserves N11 for service codes; 555-0100 to
     555-0199 are set aside for fiction.
     """
-    e = number.e164  # "+1" NPA(2-4) NXX(5-7) line(8-11); startswith(x, i) slices nothing
+    e = number.e164  # "+1" NPA(2-4) NXX(5-7) line(8-11)
     if len(e) != 12 or not e.startswith("+1"):
         return False
-    if e.startswith("11", 3) or e.startswith("11", 6):
+    # One-character indexing returns cached strings; startswith with an offset parses its
+    # arguments and costs twice as much, on every call's fraud score.
+    if (e[3] == "1" and e[4] == "1") or (e[6] == "1" and e[7] == "1"):
         return True
-    return e.startswith("55501", 5)
+    return e[5:10] == "55501"
 
 
 class FraudScorer:

@@ -9,7 +9,7 @@ libphonenumber.
 
 Theory of operation:
 
-- A window is ``"HH:MM-HH:MM"`` (``exchange.models.TimeRange``), half-open ``[start, end)`` in
+- A window is ``"HH:MM-HH:MM"`` (``compliance.policy.TimeRange``), half-open ``[start, end)`` in
   local wall time: a call at 20:59:59 is inside ``08:00-21:00``, one at 21:00:00 is not. An end
   before the start wraps past midnight; ``00:00-24:00`` is the whole day.
 - The campaign's window and the state's statutory window must both hold.

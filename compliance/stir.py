@@ -56,6 +56,7 @@ from compliance.numbers import normalize
 
 __all__ = [
     "DEFAULT_MAX_AGE",
+    "MISSING",
     "Attestation",
     "StirResult",
     "TrustStore",
@@ -109,7 +110,7 @@ def _fail(reason: str) -> StirResult:
     return StirResult(attestation="none", source="none", reason=reason)
 
 
-_MISSING: Final = _fail("missing")
+MISSING: Final = _fail("missing")  # the result when there is no Identity header
 
 
 # -- trust store -----------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def verify_identity(
 ) -> StirResult:
     """Verify one Identity header value against the call's numbers (E.164). Never raises."""
     if not identity:
-        return _MISSING
+        return MISSING
     if len(identity) > MAX_IDENTITY:
         return _fail("malformed_header")
     split = _split_identity(identity)
@@ -409,6 +410,6 @@ def evaluate(
     vs = parse_verstat(pai)
     if vs is not None and vs[0] != "none":
         return StirResult(attestation=vs[0], source="verstat", reason=result.reason)
-    if vs is not None and result is _MISSING:
+    if vs is not None and result is MISSING:
         return _fail("verstat_failed")
     return result

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from compliance.fraud import WEIGHTS, FraudConfig, FraudScorer, unassignable
-from compliance.numbers import info
+from compliance.numbers import NumberInfo, info
 from compliance.stir import StirResult
 
 A = StirResult(attestation="A", source="identity", reason=None)
@@ -58,6 +62,18 @@ def test_unparseable_caller() -> None:
 def test_unassignable_helper() -> None:
     assert not unassignable(info("+12125550200"))
     assert not unassignable(info("+442079460000"))
+
+
+# The rule as a pattern over "+1" NPA NXX line: N11 as NPA, N11 as NXX, or 555-0100..0199.
+_UNASSIGNABLE = re.compile(r"\+1(?:.11.{7}|.{4}11.{4}|.{3}55501.{2})")
+
+
+@given(st.from_regex(r"\+1[0-9]{10}", fullmatch=True) | st.text("+0123456789", max_size=14))
+def test_unassignable_matches_its_pattern(e164: str) -> None:
+    number = NumberInfo(
+        e164=e164, valid=True, region="US", state=None, area_code=None, time_zones=()
+    )
+    assert unassignable(number) == bool(_UNASSIGNABLE.fullmatch(e164))
 
 
 def test_attestation_signals() -> None:
