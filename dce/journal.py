@@ -12,7 +12,10 @@ Every admitted call leaves records in an append-only file under ``DCE_DATA_DIR/j
 * ``Durable`` once the CDR writer has that CDR in PostgreSQL or in its fsynced spool;
 * ``Beat``, once a second: the last moment this process is known to have been alive.
 
-Records are msgspec-encoded JSON lines. The pump appends them as effects are carried out and
+Records are msgspec-encoded JSON lines. A peer's bytes need not be valid UTF-8: CDRs are
+journaled cleaned (store/cdrtext.py, as the writer stores them), and the raw strings of a
+``Start`` and of the dialogs are escaped losslessly and restored when read back, so that a BYE
+rebuilt from them is exact. The pump appends them as effects are carried out and
 writes the buffer with one ``os.write`` at the end of each pump turn, before the next input
 is read: a ``kill -9`` loses nothing written. ``fsync`` runs off the loop every
 ``DCE_JOURNAL_SYNC`` (default 100 ms): a power loss can lose that last interval.
@@ -22,6 +25,7 @@ call that started in it has a durable CDR. At start (before any call is admitted
 segments left by an earlier process are read by :func:`plan_recovery`:
 
 * a call with an ``End``: its CDR is written again (the writer ignores one already stored);
+  every CDR of the plan is cleaned already (``writer.submit(cdr, escaped=True)``);
 * a call that was ``Up`` and never ended: BYE on both legs, and a CDR with disposition
   ``interrupted`` whose duration runs from the answer to the last ``Beat``, billed by the
   usual rule (connected, and at least the buyer's minimum duration);
@@ -37,7 +41,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,6 +52,7 @@ import msgspec
 from compliance.numbers import normalize
 from exchange.money import share
 from store.cdr import Cdr, Disposition
+from store.cdrtext import clean_cdr, clean_text, restore_text
 from switch.dialog import DialogSnapshot
 from switch.record import HangupSide
 
@@ -131,6 +136,43 @@ def read_records(lines: Iterable[bytes], recovery: Recovery) -> Iterator[Record]
             recovery.bad_lines += 1
 
 
+_ANY = 1 << 62  # no length limit: escaping only
+
+
+def safe_start(start: Start) -> Start:
+    return msgspec.structs.replace(
+        start,
+        caller=clean_text(start.caller, _ANY),
+        called=clean_text(start.called, _ANY),
+        trunk_id=clean_text(start.trunk_id, _ANY),
+    )
+
+
+def safe_up(up: Up) -> Up:
+    """An Up record that can be encoded whatever bytes the peers sent."""
+    return msgspec.structs.replace(
+        up, cdr=clean_cdr(up.cdr), a_leg=_leg(up.a_leg, _escape), b_leg=_leg(up.b_leg, _escape)
+    )
+
+
+def _escape(value: str) -> str:
+    return clean_text(value, _ANY)
+
+
+def _leg(leg: DialogSnapshot, convert: Callable[[str], str]) -> DialogSnapshot:
+    return msgspec.structs.replace(
+        leg,
+        call_id=convert(leg.call_id),
+        local_tag=convert(leg.local_tag),
+        remote_tag=convert(leg.remote_tag) if leg.remote_tag is not None else None,
+        local_uri=convert(leg.local_uri),
+        remote_uri=convert(leg.remote_uri),
+        remote_target=convert(leg.remote_target),
+        route_set=[convert(r) for r in leg.route_set],
+        host=convert(leg.host),
+    )
+
+
 def plan_recovery(records: Iterable[Record], recovery: Recovery | None = None) -> Recovery:
     """Decide, from an earlier process's records, which CDRs to write and which legs to end."""
     out = recovery if recovery is not None else Recovery()
@@ -159,7 +201,7 @@ def plan_recovery(records: Iterable[Record], recovery: Recovery | None = None) -
             out.rewritten += 1
         elif seen.up is not None:
             out.cdrs.append(_interrupted_up(seen.up, seen.confirmed, last_beat))
-            out.legs.extend((seen.up.a_leg, seen.up.b_leg))
+            out.legs.extend((_leg(seen.up.a_leg, restore_text), _leg(seen.up.b_leg, restore_text)))
             out.interrupted += 1
         elif seen.start is not None:
             out.cdrs.append(_interrupted_start(seen.start, last_beat))

@@ -27,7 +27,18 @@ class JsonFormatter(logging.Formatter):
                 )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(out).decode()
+        try:
+            return _encoder.encode(out).decode()
+        except (UnicodeEncodeError, msgspec.EncodeError):
+            # A peer's bytes that are not UTF-8 (lone surrogates from the parser): the line
+            # is still written, those bytes shown as \xNN.
+            return _encoder.encode({k: _printable(v) for k, v in out.items()}).decode()
+
+
+def _printable(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 def setup_logging(level: str) -> None:

@@ -19,10 +19,11 @@ from typing import Any, Protocol
 from dce.admit import TrunkAdmitter
 from dce.bridge import CallBridge
 from dce.eager import start_eager
-from dce.journal import Confirmed, End, Journal, Start
+from dce.journal import Confirmed, End, Journal, Start, safe_start, safe_up
 from media.anchor import MediaManager
 from media.errors import MediaError
 from store.cdr import Cdr
+from store.cdrtext import clean_cdr
 from switch.calllog import CallLog
 from switch.core import SwitchCore
 from switch.effects import (
@@ -117,14 +118,14 @@ class SipPump:
                         self.admitter.call_started(effect.call_id, effect.trunk_id)
                     if journal is not None:
                         journal.append(
-                            Start(
+                            safe_start(Start(
                                 call_id=effect.call_id,
                                 trunk_id=effect.trunk_id,
                                 source=effect.source,
                                 caller=effect.caller,
                                 called=effect.called,
                                 received_at=self.wall(effect.at),
-                            )
+                            ))
                         )
                     # Most decisions never wait (no RTB, in-process caps): no Task for those.
                     self._start(self._route(effect))
@@ -139,7 +140,7 @@ class SipPump:
                     if self.bridge is not None:
                         up = self.bridge.answered(effect, self.wall)
                         if up is not None and journal is not None:
-                            journal.append(up)
+                            journal.append(safe_up(up))
                 case CallConfirmed():
                     if journal is not None:
                         journal.append(Confirmed(call_id=effect.call_id))
@@ -233,7 +234,8 @@ class SipPump:
         if self.bridge is None:  # calls are admitted only once the bridge is set
             CallLog(logger, record.call_id).error("call ended before routing was set up")
             return
-        cdr = self.bridge.ended(record, self.wall, media)
+        # Cleaned once (store/cdrtext.py) for both the journal and the writer.
+        cdr = clean_cdr(self.bridge.ended(record, self.wall, media))
         if self.journal is not None:
             self.journal.append(End(cdr=cdr))
         self.submit_cdr(cdr)

@@ -287,8 +287,9 @@ class Switch:
             await asyncio.sleep(interval)
 
     def _submit_cdr(self, cdr: Any) -> None:
+        # Every CDR reaching here is cleaned already: by the pump, or read from the journal.
         if self.cdr_writer is not None:
-            self.cdr_writer.submit(cdr)
+            self.cdr_writer.submit(cdr, escaped=True)
 
     async def _open_database(self) -> None:
         dsn = self.settings.database_url

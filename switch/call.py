@@ -37,6 +37,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from switch.calllog import CallLog
 from switch.context import ALLOW, RETRY_AFTER_S, Context, TimerKind, reason_header, reason_phrase
@@ -302,12 +303,12 @@ class Calls:
         att.responded = True
         status = resp.status
         if status < 200:
-            if status == 100:
-                return
             first = not att.provisional
-            att.provisional = True
+            att.provisional = True  # a 100 too: after any provisional a CANCEL may go (§9.1)
             if att.cancel_pending and first:
                 self._send_cancel(att, now)
+                return
+            if status == 100:
                 return
             if att.abandoned or call.attempt is not att or call.state not in _RINGING:
                 return
@@ -415,7 +416,8 @@ class Calls:
             f";branch={ctx.new_branch()};rport",
         )
         h.add("max-forwards", mf_out)
-        h.add("from", f"<sip:{call.present_as or call.caller}@{cfg.host}>;tag={from_tag}")
+        user = sip_user(call.present_as or call.caller)
+        h.add("from", f"<sip:{user}@{cfg.host}>;tag={from_tag}")
         h.add("to", f"<{target}>")
         h.add("call-id", call_id)
         h.add("cseq", "1 INVITE")
@@ -782,6 +784,16 @@ def _dialog_headers(call: Call, ctx: Context) -> list[tuple[str, str]]:
     re-INVITE come back through every proxy that asked to stay on the path."""
     rr = [("record-route", v) for v in call.a_invite.headers.get_list("record-route")]
     return [*rr, ("contact", ctx.contact(call.a_peer))]
+
+
+# RFC 3261 §25.1 user = 1*( unreserved / escaped / user-unreserved ); the rest is %-escaped.
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
+
+
+def sip_user(value: str) -> str:
+    """A user part as it may be written in a SIP URI: whatever the caller sent (it was
+    unescaped when parsed, so CR, LF, '@' or '>' can be in it) cannot break the header."""
+    return quote(value, safe=_USER_SAFE, errors="surrogateescape")
 
 
 def _next_hop(route: list[str], target: str, fallback: Peer) -> Peer:

@@ -145,3 +145,24 @@ def test_a_new_process_recovers_what_the_old_one_wrote(tmp_path: Path) -> None:
     Journal.forget(paths)
     assert new.leftovers() == []
     new.close()
+
+
+def test_bytes_that_are_not_utf8_are_journaled_and_come_back_exact(tmp_path: Path) -> None:
+    from dce.journal import safe_start, safe_up
+
+    odd = b"call\xff\x00\\x".decode("utf-8", "surrogateescape")
+    old = Journal(tmp_path)
+    old.open()
+    rec = up("c1")
+    rec = Up(cdr=rec.cdr, min_duration_s=0, payout_pct=None,
+             a_leg=DialogSnapshot(**{**{f: getattr(rec.a_leg, f) for f in rec.a_leg.__struct_fields__},
+                                    "call_id": odd}),
+             b_leg=rec.b_leg)
+    old.append(safe_start(Start(call_id="c1", trunk_id="t1", source="sip", caller=odd,
+                                called="x", received_at=T0)))
+    old.append(safe_up(rec))
+    old.flush()
+    plan, _ = Journal(tmp_path).recover()
+    assert plan.bad_lines == 0
+    assert plan.legs[0].call_id == odd  # exact: the BYE goes into the very dialog
+    assert [c.call_id for c in plan.cdrs] == ["c1"]

@@ -1,4 +1,5 @@
-"""store/writer.py against a real PostgreSQL, with a TCP proxy that cuts the link."""
+"""store/writer.py against a real PostgreSQL, with a TCP proxy that cuts the link (and a tmpfs
+that fills up)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +21,7 @@ import msgspec
 import pytest
 
 from store.cdr import Cdr, Disposition
+from store.cdrtext import restore_text
 from store.database import Store
 from store.errors import CdrWriterError
 from store.writer import CdrWriter
@@ -30,15 +33,15 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
 
 def make_cdr(i: int, *, received_at: datetime = T0, **fields: Any) -> Cdr:
-    return Cdr(
-        call_id=f"call-{i:06d}",
-        a_call_id=f"a-{i}@192.0.2.1",
-        received_at=received_at + timedelta(milliseconds=i),
-        ended_at=received_at + timedelta(milliseconds=i, seconds=30),
-        disposition=Disposition.ANSWERED,
-        sip_status=200,
-        **fields,
-    )
+    base: dict[str, Any] = {
+        "call_id": f"call-{i:06d}",
+        "a_call_id": f"a-{i}@192.0.2.1",
+        "received_at": received_at + timedelta(milliseconds=i),
+        "ended_at": received_at + timedelta(milliseconds=i, seconds=30),
+        "disposition": Disposition.ANSWERED,
+        "sip_status": 200,
+    }
+    return Cdr(**(base | fields))
 
 
 def spool_files(spool: Path) -> list[Path]:
@@ -383,3 +386,181 @@ async def test_one_writer_per_spool_dir(store: Store, tmp_path: Path) -> None:
     with pytest.raises(CdrWriterError, match="another writer"):
         await CdrWriter(store, tmp_path).start()
     await w.close()
+
+
+# --- any bytes a peer sends (issue 11) ---------------------------------------------------------
+
+
+def wire(data: bytes) -> str:
+    """What switch/message.py makes of header bytes that are not valid UTF-8."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+ODD: dict[str, Any] = {
+    "a_call_id": wire(b"bad-\xff\xfe-\xc3(@192.0.2.1"),
+    "caller": "+1312\x00260",
+    "called": "\x1b[2J\x85" + "9" * 20_000,  # control characters; far past any index row limit
+    "endpoint": "sip:x@192.0.2.10;p=\\\x7f",
+    "compliance": ["dnc:pass", wire(b"\x00\xff")],
+    "auction": {"rule": wire(b"\xe9t\xe9"), wire(b"k\x00"): ["\x01", {"n": 1}]},
+}
+
+
+async def test_odd_bytes_cost_no_row_and_are_stored_escaped(store: Store, tmp_path: Path) -> None:
+    w = CdrWriter(store, tmp_path)
+    await w.start()
+    fields = list(ODD)
+    for i in range(40):  # every 7th row has one odd field, in turn; the others are plain
+        field = fields[(i // 7) % len(fields)]
+        w.submit(make_cdr(i, **({field: ODD[field]} if i % 7 == 3 else {})))
+    await w.close()
+    assert await count_distinct(store) == (40, 40)
+    assert (w.written, w.failed) == (40, 0)
+    assert not (tmp_path / "rejected.jsonl").exists()
+    row = await store.cdrs.fetch("call-000003")
+    assert row is not None
+    assert row["a_call_id"] == "bad-\\xff\\xfe-\\xc3(@192.0.2.1"
+    assert restore_text(row["a_call_id"]).encode("utf-8", "surrogateescape") == (
+        b"bad-\xff\xfe-\xc3(@192.0.2.1"
+    )
+
+
+async def test_every_odd_field_in_one_row(store: Store, tmp_path: Path) -> None:
+    w = CdrWriter(store, tmp_path)
+    await w.start()
+    w.submit(make_cdr(1, **ODD))
+    w.submit(make_cdr(2))
+    await w.close()
+    assert (w.written, w.failed) == (2, 0)
+    row = await store.cdrs.fetch("call-000001")
+    assert row is not None
+    assert row["caller"] == "+1312\\x00260"
+    assert row["called"].startswith("\\x1b[2J\\u0085999") and len(row["called"]) <= 256
+    assert row["called"].endswith("]") and "\\[truncated " in row["called"]
+    assert row["endpoint"] == "sip:x@192.0.2.10;p=\\\\\\x7f"
+    assert row["compliance"] == ["dnc:pass", "\\x00\\xff"]
+    assert row["auction"] == {"rule": "\\xe9t\\xe9", "k\\x00": ["\\x01", {"n": 1}]}
+
+
+async def test_odd_bytes_go_through_the_spool_and_back(store: Store, tmp_path: Path) -> None:
+    down = CdrWriter(UNREACHABLE, tmp_path, timeout=1.0)
+    await down.start()
+    down.submit(make_cdr(1, **ODD))
+    down.submit(make_cdr(2))
+    await down.close()
+    assert (down.spooled, down.failed) == (2, 0) and spool_files(tmp_path)
+    up = CdrWriter(store, tmp_path)
+    await up.start()
+    await up.close()
+    assert (up.replayed, up.written, up.failed) == (2, 2, 0)
+    row = await store.cdrs.fetch("call-000001")
+    assert row is not None and row["a_call_id"] == "bad-\\xff\\xfe-\\xc3(@192.0.2.1"
+    assert row["endpoint"] == "sip:x@192.0.2.10;p=\\\\\\x7f"  # not escaped a second time
+
+
+async def test_a_spool_line_from_before_the_rule_is_cleaned_on_replay(
+    store: Store, tmp_path: Path
+) -> None:
+    # An older writer spooled what msgspec could encode: NUL and control characters, raw.
+    line = msgspec.json.encode(make_cdr(1, caller="+1\x00", endpoint="sip:a\\b@192.0.2.1"))
+    (tmp_path / "spool-00000000000000000001-1-000001.jsonl").write_bytes(line + b"\n")
+    w = CdrWriter(store, tmp_path)
+    await w.start()
+    await w.close()
+    row = await store.cdrs.fetch("call-000001")
+    assert row is not None and w.failed == 0
+    assert (row["caller"], row["endpoint"]) == ("+1\\x00", "sip:a\\b@192.0.2.1")
+
+
+async def test_one_bad_row_in_a_thousand_costs_no_other_row(store: Store, tmp_path: Path) -> None:
+    w = CdrWriter(store, tmp_path, batch_size=1000, max_batch=1000)
+    for i in range(1000):
+        w.submit(make_cdr(i, bid=10**13 if i == 617 else 1))  # $10,000,000: beyond NUMERIC(12,6)
+    await w.start()
+    await w.close()
+    assert await store.cdrs.count() == 999
+    assert (w.written, w.rejected, w.lost) == (999, 1, 0)
+    # Bisection: about 2 log2(1000) transactions, where a row-by-row retry takes 1000.
+    assert w.batches <= 25, w.batches
+    rejected = (tmp_path / "rejected.jsonl").read_bytes().splitlines()
+    assert [msgspec.json.decode(x)["cdr"]["call_id"] for x in rejected] == ["call-000617"]
+
+
+async def test_latency_histograms_count_rows_and_batches(store: Store, tmp_path: Path) -> None:
+    w = CdrWriter(store, tmp_path)
+    await w.start()
+    ended = datetime.now(UTC) - timedelta(seconds=3)
+    for i in range(30):
+        w.submit(make_cdr(i, received_at=ended - timedelta(seconds=30)))
+    await w.close()
+    assert w.commit_delay.count == 30 and w.batch_seconds.count == w.batches >= 1
+    buckets = dict(w.commit_delay.cumulative())
+    # Each call ended about 3 s before its commit: none under 2.5 s, all under 10 s.
+    assert (buckets["2.5"], buckets["10.0"], buckets["+Inf"]) == (0, 30, 30)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that really fills up (needs root, else the test is skipped)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_disk_full_during_an_outage_holds_rows_and_loses_none(
+    store: Store, proxy: TcpProxy, small_disk: Path
+) -> None:
+    dsn = await proxy.start()
+    proxy.cut("reset")
+    w = CdrWriter(dsn, small_disk, schema=store.schema, timeout=0.5, retry_min=0.05,
+                  retry_max=0.2)  # fmt: skip
+    await w.start()
+    pad = "p" * 500  # about 1.3 KB a line: 300 rows are six times the disk
+    for i in range(300):
+        w.submit(make_cdr(i, auction={"pad": pad}))
+        if i % 50 == 49:
+            await w.flush()
+    assert not w.db_ok and w.spooled < 300 and w.queued == 300 - w.spooled
+    assert w.disk_error is not None and "No space" in w.disk_error
+    assert w.lost == 0 and w.failed == 0
+    for path in spool_files(small_disk):  # whole lines only: nothing torn to reject later
+        for line in path.read_bytes().splitlines():
+            msgspec.json.decode(line, type=Cdr)
+    proxy.restore()
+    for _ in range(200):
+        if await store.cdrs.count() == 300:
+            break
+        await asyncio.sleep(0.02)
+    await w.close()
+    assert await count_distinct(store) == (300, 300)
+    assert (w.failed, w.queued, w.spool_rows) == (0, 0, 0)
+    assert spool_files(small_disk) == []
+    assert not (small_disk / "rejected.jsonl").exists()
+
+
+async def test_counts_of_what_waits(store: Store, proxy: TcpProxy, tmp_path: Path) -> None:
+    dsn = await proxy.start()
+    proxy.cut("reset")
+    w = CdrWriter(dsn, tmp_path, schema=store.schema, retry_min=5, retry_max=5)
+    await w.start()
+    for i in range(12):
+        w.submit(make_cdr(i))
+    await w.flush()
+    assert (w.db_ok, w.spool_rows, w.queued) == (False, 12, 0)
+    assert w.down_since is not None and w.last_error is not None
+    proxy.restore()
+    w.retry_now()  # without it the 5 s backoff would hold the replay back
+    for _ in range(100):
+        if w.db_ok and w.spool_rows == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (w.db_ok, w.spool_rows) == (True, 0) and w.down_since is None
+    await w.close()
+    assert await store.cdrs.count() == 12
