@@ -61,6 +61,36 @@ def _parser() -> argparse.ArgumentParser:
         "default now); lists older than 31 days fail closed",
     )
     imp.add_argument("--config", type=Path, help="TOML file (for data_dir)")
+
+    cfg = sub.add_parser(
+        "config",
+        help="apply a config file's trunks, campaigns and buyers to the database, or export them",
+        description="The database holds the trunks, campaigns and buyers: a config file seeds "
+        "it at the first start only. These commands go through the running switch's admin API "
+        "(DCE_HTTP_LISTEN, DCE_ADMIN_TOKEN or DCE_DATA_DIR/admin_token), or open the database "
+        "directly when no switch answers.",
+    )
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="COMMAND")
+    apply = cfg_sub.add_parser(
+        "apply",
+        help="show the diff between FILE and the database, and apply it",
+        description="Print what applying FILE's trunks, campaigns and buyers would add, change "
+        "(field by field) and, with --prune, remove; then apply it unless --dry-run. Settings "
+        "(database, HTTP address, data dir) come from FILE and DCE_* variables, as for dce run. "
+        "Secrets are never printed.",
+    )
+    apply.add_argument("file", type=Path, help="TOML config file")
+    apply.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
+    apply.add_argument(
+        "--prune", action="store_true", help="also remove stored objects FILE does not name"
+    )
+    export = cfg_sub.add_parser(
+        "export",
+        help="print the stored trunks, campaigns and buyers as TOML",
+        description="Print the trunks, campaigns and buyers in the database as a config "
+        "file, without secrets (API keys, trunk digest credentials).",
+    )
+    export.add_argument("--config", type=Path, help="TOML file (for the settings)")
     return p
 
 
@@ -76,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dnc_command != "import":
             parser.parse_args(["dnc", "--help"])
         return _dnc_import(args)
+    if args.command == "config":
+        from dce.configsync import apply_command, export_command
+
+        if args.config_command == "apply":
+            return apply_command(args.file, dry_run=args.dry_run, prune=args.prune)
+        if args.config_command == "export":
+            return export_command(args.config)
+        parser.parse_args(["config", "--help"])
     return 2  # pragma: no cover
 
 
@@ -156,15 +194,13 @@ class _ProgressBar:
 
 def _run(config_path: Path | None) -> int:
     from dce.logs import setup_logging
-    from exchange.models import ExchangeConfig
+    from exchange.models import config_from_file
 
     try:
         file_values = read_config_file(config_path) if config_path else {}
         settings = load_settings(file_values)
-        exchange = msgspec.convert(
-            {k: v for k, v in file_values.items() if k in ("trunks", "campaigns", "buyers")},
-            ExchangeConfig,
-        )
+        # Money as strings or integers; a TOML float is refused (exchange/models.py).
+        exchange = config_from_file(file_values)
     except ConfigError as exc:
         print(f"dce: config error: {exc}", file=sys.stderr)
         return 2
@@ -175,15 +211,15 @@ def _run(config_path: Path | None) -> int:
     import uvloop
 
     try:
-        return uvloop.run(_serve(settings, exchange))
+        return uvloop.run(_serve(settings, exchange, config_path))
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         return 0
 
 
-async def _serve(settings: object, exchange: object) -> int:
+async def _serve(settings: object, exchange: object, config_path: Path | None = None) -> int:
     from dce.server import Switch
 
-    switch = Switch(settings, exchange)  # type: ignore[arg-type]
+    switch = Switch(settings, exchange, config_path)  # type: ignore[arg-type]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
