@@ -17,7 +17,8 @@ weekday; states and area codes as frozensets; each profile's caps as a
 
 1. **Eligibility**, cheapest test first; every profile that fails gets a reason in
    ``excluded``: ``profile_inactive``, ``buyer_inactive``, ``no_endpoint`` (no active
-   endpoint), ``below_reserve``, ``state``, ``area_code``, ``hours`` (outside the hours of
+   endpoint), ``endpoints_down`` (every active endpoint fails its health probes; a fallback
+   buyer too), ``below_reserve``, ``state``, ``area_code``, ``hours`` (outside the hours of
    operation in the profile's time zone), then the caps view (``cap_concurrent``,
    ``cap_hourly``, ``cap_daily``, ``cap_monthly``, ``budget_daily``, ``budget_monthly``,
    ``duplicate``, ``endpoint_busy``; calls in flight count as taken). The budget must cover the
@@ -58,7 +59,8 @@ weekday; states and area codes as frozensets; each profile's caps as a
 6. **Failover order**: the winner, then the losing eligible bidders in rank order, at most
    ``max_bidders`` in all (default 3: the winner and two failovers; each holds cap slots while
    the call is being placed, and a caller should not wait through more than ~3 ring timeouts);
-   each buyer contributes its active endpoints in config order. After them come the **fallback
+   each buyer contributes its active endpoints in config order, less those that are down
+   (``exchange.auction_index.without_endpoints``). After them come the **fallback
    buyers**: active buyers that have no bid profile at all take calls at price 0 with their
    endpoints in config order (issue 3's "configured endpoints of active buyers in config
    order"), unless the campaign has a reserve above 0.
@@ -76,6 +78,7 @@ from operator import attrgetter
 from typing import Any, Final, NamedTuple, Protocol
 
 from exchange.auction_index import (
+    ENDPOINTS_DOWN,
     AuctionIndex,
     CompiledCampaign,
     CompiledProfile,
@@ -457,6 +460,9 @@ def run_auction(
         eligible = sorted(eligible + offers, key=_EV, reverse=True)
     order, same = _rank_and_price(eligible, campaign, seq, max_bidders)
     fallback = route.fallback
+    if route.fallback_down:
+        for key in route.fallback_down:
+            excluded[key] = ENDPOINTS_DOWN
     if fallback and reserve > 0:
         # Fallback buyers pay 0, which is below any positive reserve.
         for f in fallback:

@@ -28,6 +28,14 @@ The index is immutable once built, apart from two bounded memo tables the auctio
 survival for RTB minimum durations, and the call's local time per (zone, minute)
 (:class:`LocalTime`: weekday, minute of the day and the cap buckets).
 
+**Endpoints that are down** (their OPTIONS probes fail, dce/endpoint_health.py) are taken out
+by :func:`without_endpoints`, which derives a new index from the compiled one whenever the set
+of down URIs changes: each affected profile loses those endpoints (in its targets and in its
+cap spec, so an endpoint limit counts only endpoints that can take the call), and a profile
+left with none gets the static reason ``endpoints_down``; so does a fallback buyer
+(``NumberRoute.fallback_down``). The auction itself never looks at health: a down endpoint
+costs a call nothing, and a buyer that cannot take the call neither wins nor sets a price.
+
 A config that cannot be compiled raises :class:`~exchange.errors.ConfigInvalid` naming the
 entry: duplicate ids, a number claimed by two campaigns, an unknown campaign or time zone,
 hours that do not parse, an RTB URL that is not http(s).
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final
@@ -59,6 +67,8 @@ _MINUTE: Final = timedelta(minutes=1)
 PROFILE_INACTIVE: Final = "profile_inactive"
 BUYER_INACTIVE: Final = "buyer_inactive"
 NO_ENDPOINT: Final = "no_endpoint"
+# Every active endpoint of the buyer fails its health probes (``without_endpoints``).
+ENDPOINTS_DOWN: Final = "endpoints_down"
 # Profile id in the cap key of a buyer without profiles (ids cannot contain "*").
 FALLBACK_PROFILE: Final = "*"
 
@@ -135,6 +145,8 @@ class NumberRoute:
     profiles: tuple[CompiledProfile, ...]  # static bids by EV descending, then RTB profiles
     fallback: tuple[FallbackBuyer, ...]
     duplicate_rules: bool = False  # some profile has one: the caller's hash is needed
+    # Cap keys of fallback buyers left out because every endpoint is down (for the record).
+    fallback_down: tuple[str, ...] = ()
 
 
 def _route(
@@ -434,3 +446,82 @@ def _config_order(
 ) -> list[CompiledProfile]:
     wanted = {id(p) for p in profiles}
     return [p for p in order if id(p) in wanted]
+
+
+def without_endpoints(index: AuctionIndex, down: frozenset[str]) -> AuctionIndex:
+    """``index`` with every endpoint whose URI is in ``down`` left out (see the module doc).
+
+    Cheap next to ``compile_index``: only the profiles and fallback buyers that have such an
+    endpoint are rebuilt, and the routes are re-tupled around them (same order: EV does not
+    depend on endpoints). Returns ``index`` itself when nothing in it is down. The memo tables
+    are shared with ``index``.
+    """
+    if not down:
+        return index
+    changed: dict[str, CompiledProfile] = {}
+    for key, p in index.profiles.items():
+        if any(e.uri in down for e in p.endpoints):
+            live = tuple(e for e in p.endpoints if e.uri not in down)
+            reason = p.static_reason if p.static_reason is not None or live else ENDPOINTS_DOWN
+            changed[key] = replace(
+                p, endpoints=live, cap=_with_endpoints(p.cap, live), static_reason=reason
+            )
+    fb_cache: dict[int, tuple[tuple[FallbackBuyer, ...], tuple[str, ...]]] = {}
+
+    def fallback(
+        fb: tuple[FallbackBuyer, ...],
+    ) -> tuple[tuple[FallbackBuyer, ...], tuple[str, ...]]:
+        done = fb_cache.get(id(fb))  # every route shares the one tuple of fallback buyers
+        if done is None:
+            if not any(e.uri in down for f in fb for e in f.endpoints):
+                done = (fb, ())
+            else:
+                kept: list[FallbackBuyer] = []
+                gone: list[str] = []
+                for f in fb:
+                    live = tuple(e for e in f.endpoints if e.uri not in down)
+                    if len(live) == len(f.endpoints):
+                        kept.append(f)
+                    elif live:
+                        kept.append(FallbackBuyer(f.buyer_id, _with_endpoints(f.cap, live), live))
+                    else:
+                        gone.append(f.cap.key)
+                done = (tuple(kept), tuple(gone))
+            fb_cache[id(fb)] = done
+        return done
+
+    def patched(r: NumberRoute) -> NumberRoute:
+        fb, gone = fallback(r.fallback)
+        if fb is r.fallback and not any(p.key in changed for p in r.profiles):
+            return r
+        profiles = tuple(changed.get(p.key, p) for p in r.profiles)
+        return replace(r, profiles=profiles, fallback=fb, fallback_down=gone)
+
+    default = patched(index.default_route)
+    routes = {n: patched(r) for n, r in index.routes.items()}
+    if not changed and default is index.default_route:
+        return index  # nothing in this index is down (routes share the default's fallback)
+    return replace(
+        index,
+        routes=routes,
+        default_route=default,
+        profiles={k: changed.get(k, p) for k, p in index.profiles.items()},
+    )
+
+
+def _with_endpoints(spec: CapSpec, live: tuple[CompiledEndpoint, ...]) -> CapSpec:
+    """``spec`` limited to the ``live`` endpoints (same key, same limits otherwise)."""
+    ids = {e.id for e in live}
+    return make_spec(
+        spec.buyer_id,
+        spec.profile_id,
+        concurrent=spec.concurrent,
+        hourly=spec.hourly,
+        daily=spec.daily,
+        monthly=spec.monthly,
+        budget_daily=spec.budget_daily,
+        budget_monthly=spec.budget_monthly,
+        dup_window_ms=spec.dup_window_ms,
+        dup_on_billable=spec.dup_on_billable,
+        endpoints=[(e, m) for e, m in spec.endpoints if e in ids],
+    )

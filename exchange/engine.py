@@ -28,6 +28,12 @@ returned whole. ``settle`` is synchronous, so Redis releases run as tasks (``acl
 
 ``update(config)`` compiles a new index and swaps it in; calls in progress keep the slots (and
 so the cap specs) they took, and the next call uses the new config.
+
+``set_down(uris)`` takes the buyer endpoints whose health probes fail out of routing
+(dce/endpoint_health.py): the index in use is derived from the compiled one without them
+(``exchange.auction_index.without_endpoints``), once per change of the set, so the per-call
+path is the same whether anything is down or not. A buyer left without a live endpoint is
+excluded as ``endpoints_down`` before ranking, so it neither wins nor sets the second price.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from exchange.auction_index import (
     CompiledCampaign,
     CompiledProfile,
     compile_index,
+    without_endpoints,
 )
 from exchange.caps import (
     CAPS_UNAVAILABLE,
@@ -130,7 +137,10 @@ class Exchange:
         if max_bidders < 1:
             raise ValueError(f"max_bidders must be at least 1, got {max_bidders}")
         self._survival_mean_s = survival_mean_s
-        self._index = compile_index(config, survival_mean_s=survival_mean_s)
+        # What the config compiles to, and what calls use: the same less down endpoints.
+        self._compiled = compile_index(config, survival_mean_s=survival_mean_s)
+        self._down: frozenset[str] = frozenset()
+        self._index = self._compiled
         self._caps: CapsBackend = caps if caps is not None else InProcessCaps()
         self._rtb = rtb if rtb is not None else RtbClient()
         self._caller_info = caller_info if caller_info is not None else caller_info_from_number
@@ -163,9 +173,24 @@ class Exchange:
     def rtb(self) -> RtbClient:
         return self._rtb
 
+    @property
+    def down(self) -> frozenset[str]:
+        """Endpoint URIs left out of routing (``set_down``)."""
+        return self._down
+
+    def set_down(self, uris: frozenset[str]) -> None:
+        """Leave the endpoints with these URIs out of routing from the next call on (their
+        health probes fail); the previous set comes back. Costs one pass over the compiled
+        profiles per change, nothing per call."""
+        if uris == self._down:
+            return
+        self._down = uris
+        self._index = without_endpoints(self._compiled, uris)
+
     def update(self, config: ExchangeConfig) -> None:
         """Use ``config`` from the next call on; raises ConfigInvalid and keeps the old one."""
-        self._index = compile_index(config, survival_mean_s=self._survival_mean_s)
+        self._compiled = compile_index(config, survival_mean_s=self._survival_mean_s)
+        self._index = without_endpoints(self._compiled, self._down)
         # A bid cached for a profile may no longer match what the profile buys.
         self._rtb.clear_cache()
 
