@@ -5,9 +5,9 @@ Theory of operation
 ``build_api()`` returns an aiohttp application that the switch mounts at ``/api/v1``
 (``mount_api()`` does that and adds the top-level ``/openapi.json``). Every route is one row
 of ``ROUTES``, joined here from the resource modules (trunks, campaigns, buyers with their
-endpoints and profiles, calls, DNC, consent, erasure): method, path, handler, who may call it,
-and the request/response models that ``/openapi.json`` (api/openapi.py) is generated from, so
-the document cannot drift from the routes.
+endpoints and profiles, calls, DNC, consent, erasure, the whole config): method, path,
+handler, who may call it, and the request/response models that ``/openapi.json``
+(api/openapi.py) is generated from, so the document cannot drift from the routes.
 
 One middleware authenticates every request except the OpenAPI document (api/auth.py) and
 turns errors into answers: an ``ApiError`` is its own ``{"error": ..., "detail": ...}``; a
@@ -20,15 +20,17 @@ in-memory stores in place and persist: consent records and erasure suppression e
 PostgreSQL, DNC lists as files under ``dnc_dir``. They do not call ``on_change``.
 
 Errors: 400 for malformed JSON, 422 for anything well-formed that fails validation (bodies and
-query parameters alike; ``detail`` is ``{"field": "caps.daily", "message": ...}``), 404, 405,
-409 for duplicates and conflicts, 413, 415, 503 when erasure has no secret configured.
+query parameters alike; ``detail`` is ``{"field": "caps.daily", "message": ...}``; a path or
+query value with a control character too, checked here before any handler), 404, 405, 409 for
+duplicates and conflicts (and a body whose id is not the path's), 413, 415, 503 when erasure
+has no secret configured.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -36,12 +38,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from api import buyers, calls, campaigns, consent, dnc, erasure, openapi, trunks
+from api import buyers, calls, campaigns, config, consent, dnc, erasure, openapi, trunks
 from api.auth import PRINCIPAL, Access, Authenticator
 from api.bodies import error_response
 from api.context import ApiContext
 from api.errors import ApiError, Forbidden
 from api.routes import API_PREFIX, Route
+from api.validation import check_request_text
 from compliance.check import Gate
 from store.database import Store
 
@@ -75,6 +78,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     *dnc.ROUTES,
     *consent.ROUTES,
     *erasure.ROUTES,
+    *config.ROUTES,
     Route("GET", "/openapi.json", "openapi", _openapi_route, Access.PUBLIC, "This document"),
 )
 _ACCESS: Final = {r.name: r.access for r in ROUTES}
@@ -93,6 +97,7 @@ def _middleware(auth: Authenticator) -> Callable[..., Awaitable[web.StreamRespon
                 request[PRINCIPAL] = principal
                 if access is Access.ADMIN and not principal.admin:
                     raise Forbidden("this route needs the admin token")
+                check_request_text(request)  # bodies: api/validation.py check_input
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.error, exc.detail, exc.headers)
@@ -121,6 +126,7 @@ def build_api(
     dnc_dir: Path | None = None,
     dnc_max_bytes: int = dnc.DNC_MAX_BODY,
     flush_cdrs: Callable[[], Awaitable[None]] | None = None,
+    endpoint_health: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp application to mount at ``/api/v1`` (see ``mount_api``).
 
@@ -136,6 +142,8 @@ def build_api(
         dnc_max_bytes: the largest DNC import body.
         flush_cdrs: awaited before an erasure so that queued CDRs are in the table
             (``CdrWriter.flush``).
+        endpoint_health: an endpoint URI -> its probed health (``EndpointHealth`` fields),
+            shown when endpoints are read; None: they read as not probed.
     """
     auth = Authenticator(admin_token, store)
     ctx = ApiContext(
@@ -147,6 +155,7 @@ def build_api(
         dnc_dir=dnc_dir,
         dnc_max_bytes=dnc_max_bytes,
         flush_cdrs=flush_cdrs,
+        endpoint_health=endpoint_health,
     )
     app = web.Application(middlewares=[_middleware(auth)])
     for r in ROUTES:

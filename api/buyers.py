@@ -20,9 +20,18 @@ from aiohttp import web
 from api.auth import PRINCIPAL, Access, require_own
 from api.bodies import JSON_TYPES, PATCH_TYPES, json_response, read_body
 from api.context import ApiContext
-from api.documents import Kind, buyer_in, crud_routes
-from api.errors import Conflict, Invalid, NotFound
-from api.models import BuyerCreated, BuyerList, BuyerUpdate, BuyerView, EndpointList, ProfileList
+from api.documents import Kind, buyer_in, crud_routes, id_conflict
+from api.errors import Conflict, NotFound
+from api.models import (
+    BuyerCreated,
+    BuyerList,
+    BuyerUpdate,
+    BuyerView,
+    EndpointHealth,
+    EndpointList,
+    EndpointView,
+    ProfileList,
+)
 from api.routes import Route
 from api.validation import (
     check_buyer,
@@ -43,8 +52,21 @@ __all__ = ["ENDPOINTS", "PROFILES", "ROUTES"]
 _DECODE_BUYER = msgspec.json.Decoder(Buyer)
 _DECODE_BUYER_UPDATE = msgspec.json.Decoder(BuyerUpdate)
 
+_NOT_PROBED: Final = EndpointHealth(state="unknown", probing=False)
+
+
+def _endpoint_view(ctx: ApiContext, ep: Endpoint) -> EndpointView:
+    """An endpoint with its health, as the switch's OPTIONS probes see its URI."""
+    probed = ctx.endpoint_health
+    health = _NOT_PROBED if probed is None else msgspec.convert(probed(ep.uri), EndpointHealth)
+    return EndpointView(
+        id=ep.id, uri=ep.uri, max_concurrent=ep.max_concurrent, active=ep.active, health=health
+    )
+
+
 ENDPOINTS: Final = Kind(
-    "endpoint", "endpoints", Endpoint, msgspec.json.Decoder(Endpoint), check_endpoint, child=True
+    "endpoint", "endpoints", Endpoint, msgspec.json.Decoder(Endpoint), check_endpoint, child=True,
+    live_view=_endpoint_view, live_model=EndpointView,
 )
 PROFILES: Final = Kind(
     "profile", "profiles", BidProfile, msgspec.json.Decoder(BidProfile), check_profile, child=True
@@ -97,16 +119,16 @@ async def put_buyer(ctx: ApiContext, request: web.Request) -> web.Response:
     require_own(request, buyer_id)
     update = decode(_DECODE_BUYER_UPDATE, await read_body(request, JSON_TYPES))
     if update.id != buyer_id:
-        raise Invalid("id", f"must equal the id in the path ({buyer_id!r})")
+        raise id_conflict(buyer_id)
     return await _update_buyer(ctx, buyer_id, lambda current: update)
 
 
 async def patch_buyer(ctx: ApiContext, request: web.Request) -> web.Response:
     buyer_id = request.match_info["buyer_id"]
     require_own(request, buyer_id)
-    patch = decode_patch(await read_body(request, PATCH_TYPES))
+    patch = decode_patch(await read_body(request, PATCH_TYPES), BuyerUpdate)
     if "id" in patch and patch["id"] != buyer_id:
-        raise Invalid("id", f"cannot change the id ({buyer_id!r})")
+        raise id_conflict(buyer_id)
 
     def merged(current: Buyer) -> BuyerUpdate:
         base = msgspec.to_builtins(

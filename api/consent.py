@@ -24,7 +24,7 @@ from api.errors import ApiError, Conflict, Invalid, NotFound
 from api.models import ConsentIn, ConsentList, ConsentRevoked
 from api.pagination import PAGING, decode_key, encode_key, page_limit
 from api.routes import STR, Param, Route
-from api.validation import decode, phone_number, query_params
+from api.validation import PHONE_NUMBER, decode, phone_number, query_params
 from compliance.consent import ConsentRecord
 from compliance.errors import ComplianceError
 from exchange.models import Campaign, Trunk
@@ -148,14 +148,15 @@ ROUTES: Final[tuple[Route, ...]] = (
           errors=(400, 409, 413, 415, 422)),
     Route("GET", "/consent", "list_consent", list_consent, Access.ADMIN,
           "List consent records", None, ConsentList, query=(
-              Param("caller", STR, "the consumer's number"),
+              Param("caller", STR, "the consumer's number", checked=PHONE_NUMBER),
               Param("campaign_id", STR, "campaign named by the consent"),
               *PAGING,
           ), errors=(422,)),
     Route("DELETE", "/consent", "revoke_caller_consent", revoke_caller_consent,
           Access.ADMIN, "Revoke every live consent of a caller (kept as evidence)", None,
           ConsentRevoked, query=(
-              Param("caller", STR, "the consumer's number", required=True),
+              Param("caller", STR, "the consumer's number", required=True,
+                    checked=PHONE_NUMBER),
               Param("campaign_id", STR, "only consents naming this campaign"),
           ), errors=(422,)),
     Route("GET", "/consent/{id}", "get_consent", get_consent, Access.ADMIN,

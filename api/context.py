@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from api.errors import ApiError
 from compliance.check import Gate
@@ -38,6 +39,9 @@ class ApiContext:
     dnc_dir: Path | None
     dnc_max_bytes: int
     flush_cdrs: Callable[[], Awaitable[None]] | None
+    # An endpoint URI -> its health as the switch's probes see it (api.models.EndpointHealth
+    # fields); None: no switch behind this API (endpoints read as not probed).
+    endpoint_health: Callable[[str], Mapping[str, Any]] | None = None
     exchange_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     compliance_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

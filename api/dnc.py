@@ -33,11 +33,13 @@ from api.validation import (
 from compliance.dnc import DEFAULT_MAX_AGE_DAYS, DncImporter
 from compliance.erasure import ALL
 
-__all__ = ["DNC_MAX_BODY", "ROUTES", "save_lists"]
+__all__ = ["DNC_BODY_RULE", "DNC_MAX_BODY", "MAX_AGE_DAYS", "ROUTES", "save_lists"]
 
 logger = logging.getLogger(__name__)
 
 DNC_MAX_BODY: Final = 512 << 20  # streamed DNC imports (~40 million numbers)
+MAX_AGE_DAYS: Final = 3650
+DNC_BODY_RULE: Final = "at least one phone number, unless merge=true"
 _DNC_TYPES: Final = frozenset({"text/plain", "text/csv"})
 _DNC_PARAMS: Final = frozenset({"list", "source", "merge", "loaded_at", "max_age_days"})
 
@@ -52,10 +54,10 @@ async def import_dnc(ctx: ApiContext, request: web.Request) -> web.Response:
     loaded_at = parse_time("loaded_at", q["loaded_at"]) if "loaded_at" in q else ctx.wall()
     merge = bool_param(q, "merge", False)
     max_age: int | None = DEFAULT_MAX_AGE_DAYS
-    if q.get("max_age_days", "").lower() == "none":
+    if q.get("max_age_days") == "none":
         max_age = None
     elif "max_age_days" in q:
-        max_age = int_param(q, "max_age_days", DEFAULT_MAX_AGE_DAYS, 1, 3650)
+        max_age = int_param(q, "max_age_days", DEFAULT_MAX_AGE_DAYS, 1, MAX_AGE_DAYS)
     if request.content_type not in _DNC_TYPES:
         raise UnsupportedMediaType(f"expected text/plain or text/csv, got {request.content_type}")
     limit = ctx.dnc_max_bytes
@@ -134,12 +136,16 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/dnc", "import_dnc", import_dnc, Access.ADMIN,
           "Bulk-import a DNC list (text/plain or CSV; first column; streamed)", "text",
           DncImported, query=(
-              Param("list", STR, "list name, e.g. federal, internal", required=True),
+              Param("list", {"type": "string", "pattern": DNC_NAME.pattern},
+                    "list name, e.g. federal, internal", required=True),
               Param("source", STR, "where the data came from (default: api)"),
               Param("merge", {"type": "boolean"}, "add to the list instead of replacing it"),
               Param("loaded_at", {"type": "string", "format": "date-time"},
                     "when the data was pulled (default now); staleness counts from here"),
-              Param("max_age_days", STR, "days before the list is stale (31), or none"),
+              Param("max_age_days", {"anyOf": [
+                        {"type": "integer", "minimum": 1, "maximum": MAX_AGE_DAYS},
+                        {"const": "none"}]},
+                    "days before the list is stale (31), or none"),
           ), errors=(413, 415, 422)),
     Route("GET", "/dnc", "list_dnc", list_dnc, Access.ADMIN,
           "List the loaded DNC lists", None, DncLists),

@@ -24,7 +24,7 @@ from aiohttp import web
 from api.auth import Access, require_own
 from api.bodies import JSON_TYPES, PATCH_TYPES, json_response, read_body
 from api.context import ApiContext
-from api.errors import Conflict, Invalid, NotFound
+from api.errors import Conflict, NotFound
 from api.routes import Handler, Route
 from api.validation import convert, decode, decode_patch, merge_patch, validate_candidate
 from exchange.models import BidProfile, Buyer, Campaign, Endpoint, ExchangeConfig, Trunk
@@ -32,7 +32,7 @@ from store.database import Store
 from store.errors import StoreConflict, StoreNotFound
 from store.exchange import ChildTable, DocTable
 
-__all__ = ["Kind", "buyer_in", "crud_routes"]
+__all__ = ["Kind", "buyer_in", "crud_routes", "id_conflict"]
 
 _D = TypeVar("_D", Trunk, Campaign, Endpoint, BidProfile)
 
@@ -43,6 +43,15 @@ def buyer_in(cfg: ExchangeConfig, buyer_id: str) -> Buyer | None:
 
 def _no_stored_check(cfg: ExchangeConfig, obj: Any) -> None:
     return None
+
+
+def id_conflict(path_id: str) -> Conflict:
+    """409 for a body whose ``id`` is not the path's: the representation conflicts with the
+    target resource (RFC 9110 §9.3.4 suggests 409 for such a PUT); an id never changes."""
+    return Conflict(
+        {"field": "id", "message": f"must equal the id in the path ({path_id!r})"},
+        error="the id cannot change",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,10 @@ class Kind(Generic[_D]):
     view: Callable[[_D], Any] = lambda obj: obj  # what a response shows of a stored object
     # Checks against the other stored objects, before the candidate is compiled (409s).
     check_stored: Callable[[ExchangeConfig, _D], None] = _no_stored_check
+    # What every answer shows when the running switch adds to the stored object (an
+    # endpoint's health), and its model for /openapi.json; None: ``view`` and ``model``.
+    live_view: Callable[[ApiContext, _D], Any] | None = None
+    live_model: type[Any] | None = None
 
     def find(self, cfg: ExchangeConfig, parent: str | None, obj_id: str) -> _D | None:
         items = self._items(cfg, parent)
@@ -147,7 +160,8 @@ async def _require_buyer(ctx: ApiContext, buyer_id: str | None) -> None:
 async def list_objects(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
     parent = _parent(request, kind)
     await _require_buyer(ctx, parent)
-    return json_response({"items": [kind.view(x) for x in await kind.list(ctx.store, parent)]})
+    show = _shown(kind, ctx)
+    return json_response({"items": [show(x) for x in await kind.list(ctx.store, parent)]})
 
 
 async def get_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
@@ -157,7 +171,12 @@ async def get_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> w
     if obj is None:
         await _require_buyer(ctx, parent)
         raise NotFound(f"no {kind.name} {obj_id!r}")
-    return json_response(kind.view(obj))
+    return json_response(_shown(kind, ctx)(obj))
+
+
+def _shown(kind: Kind[_D], ctx: ApiContext) -> Callable[[_D], Any]:
+    live = kind.live_view
+    return kind.view if live is None else partial(live, ctx)
 
 
 async def create_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
@@ -171,7 +190,7 @@ async def create_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -
             raise Conflict(f"{kind.name} {obj.id!r} already exists", error="duplicate id")
         await _write(kind, ctx, cfg, parent, obj, insert=True)
     location = f"{request.path.rstrip('/')}/{quote(obj.id, safe='')}"
-    return json_response(kind.view(obj), 201, {"Location": location})
+    return json_response(_shown(kind, ctx)(obj), 201, {"Location": location})
 
 
 async def put_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
@@ -179,26 +198,26 @@ async def put_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> w
     obj_id = request.match_info["id"]
     obj = decode(kind.decoder, await read_body(request, JSON_TYPES))
     if obj.id != obj_id:
-        raise Invalid("id", f"must equal the id in the path ({obj_id!r})")
+        raise id_conflict(obj_id)
     kind.check(obj, "")
     async with ctx.changing() as cfg:
         _current(kind, cfg, parent, obj_id)
         await _write(kind, ctx, cfg, parent, obj, insert=False)
-    return json_response(kind.view(obj))
+    return json_response(_shown(kind, ctx)(obj))
 
 
 async def patch_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
     parent = _parent(request, kind)
     obj_id = request.match_info["id"]
-    patch = decode_patch(await read_body(request, PATCH_TYPES))
+    patch = decode_patch(await read_body(request, PATCH_TYPES), kind.model)
     if "id" in patch and patch["id"] != obj_id:
-        raise Invalid("id", f"cannot change the id ({obj_id!r})")
+        raise id_conflict(obj_id)
     async with ctx.changing() as cfg:
         current = _current(kind, cfg, parent, obj_id)
         obj = convert(merge_patch(msgspec.to_builtins(current), patch), kind.model)
         kind.check(obj, "")
         await _write(kind, ctx, cfg, parent, obj, insert=False)
-    return json_response(kind.view(obj))
+    return json_response(_shown(kind, ctx)(obj))
 
 
 async def delete_object(kind: Kind[_D], ctx: ApiContext, request: web.Request) -> web.Response:
@@ -255,21 +274,23 @@ def _bind(handler: Callable[[Kind[Any], ApiContext, web.Request], Any], kind: Ki
 def crud_routes(base: str, kind: Kind[Any], access: Access, listing: type[Any]) -> list[Route]:
     """List and create at ``base``; read, replace, patch and delete at ``base/{id}``."""
     model = kind.model
+    shown = kind.live_model or model  # what answers carry
     item = f"{base}/{{id}}"
     n = kind.name
+    a_n = f"{'an' if n[0] in 'aeiou' else 'a'} {n}"  # "an endpoint", "a trunk"
     return [
         Route("GET", base, f"list_{kind.table}", _bind(list_objects, kind), access,
               f"List {kind.table}", None, listing),
         Route("POST", base, f"create_{n}", _bind(create_object, kind), access,
-              f"Create a {n}", model, model, 201, errors=(400, 409, 413, 415, 422)),
-        Route("GET", item, f"get_{n}", _bind(get_object, kind), access, f"Read a {n}",
-              None, model),
+              f"Create {a_n}", model, shown, 201, errors=(400, 409, 413, 415, 422)),
+        Route("GET", item, f"get_{n}", _bind(get_object, kind), access, f"Read {a_n}",
+              None, shown),
         Route("PUT", item, f"put_{n}", _bind(put_object, kind), access,
-              f"Replace a {n} (the full object, id included)", model, model,
+              f"Replace {a_n} (the full object, id included)", model, shown,
               errors=(400, 409, 413, 415, 422)),
         Route("PATCH", item, f"patch_{n}", _bind(patch_object, kind), access,
-              f"Change some fields of a {n} (RFC 7396 merge patch)", f"patch:{model.__name__}",
-              model, errors=(400, 409, 413, 415, 422)),
+              f"Change some fields of {a_n} (RFC 7396 merge patch)", f"patch:{model.__name__}",
+              shown, errors=(400, 409, 413, 415, 422)),
         Route("DELETE", item, f"delete_{n}", _bind(delete_object, kind), access,
-              f"Delete a {n}", None, None, 204, errors=(409,)),
+              f"Delete {a_n}", None, None, 204, errors=(409,)),
     ]  # fmt: skip

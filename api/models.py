@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -35,7 +35,9 @@ __all__ = [
     "DncListInfo",
     "DncLists",
     "DncLookup",
+    "EndpointHealth",
     "EndpointList",
+    "EndpointView",
     "ErasureResult",
     "ErrorBody",
     "ProfileList",
@@ -102,8 +104,33 @@ class BuyerList(View):
     items: list[BuyerView]
 
 
+class EndpointHealth(View):
+    """What the switch's OPTIONS probes say of an endpoint's URI (docs/sip.md, "Buyer
+    endpoint health"). ``probing`` is false when the URI is not probed (probing off, or the
+    endpoint or its buyer inactive): then ``state`` is ``unknown`` and the rest is null.
+    ``last_status`` is null after a probe that got no answer in time."""
+
+    state: Literal["up", "down", "unknown"]
+    probing: bool
+    since: datetime | None = None  # when it entered ``state`` (or probing started)
+    last_status: int | None = None
+    last_probe_at: datetime | None = None  # when the last probe was answered or given up
+    failures: int = 0  # consecutive failed probes
+    successes: int = 0  # consecutive answered probes
+
+
+class EndpointView(View):
+    """An endpoint as read back: its stored fields and its health."""
+
+    id: str
+    uri: str
+    max_concurrent: int
+    active: bool
+    health: EndpointHealth
+
+
 class EndpointList(View):
-    items: list[Endpoint]
+    items: list[EndpointView]
 
 
 class ProfileList(View):

@@ -27,12 +27,13 @@ __all__ = [
     "page_limit",
 ]
 
+_NOT_OURS_RULE: Final = "a next_cursor this API returned"
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
 PAGING: Final = (
     Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
           f"page size ({DEFAULT_PAGE})"),
-    Param("cursor", STR, "next_cursor of the previous page"),
+    Param("cursor", STR, "next_cursor of the previous page", checked=_NOT_OURS_RULE),
 )  # fmt: skip
 
 _T = TypeVar("_T")

@@ -32,6 +32,9 @@ class Param:
     schema: dict[str, Any]
     description: str
     required: bool = False
+    # What the handler checks beyond ``schema`` (a 422 naming the parameter), in a few words:
+    # /openapi.json's "x-checked".
+    checked: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,8 @@ MATRIX = [
     Case("DELETE", f"{V}/consent/k1", "admin", 200),
     Case("DELETE", f"{V}/consent?caller=2125551234", "admin", 200),
     Case("DELETE", f"{V}/callers/{CALLER}", "admin", 200),
+    Case("GET", f"{V}/config", "admin", 200),
+    Case("PUT", f"{V}/config?dry_run=true", "admin", 200, {}),
     Case("GET", f"{V}/openapi.json", "public", 200),
     Case("GET", "/openapi.json", "public", 200),
 ]

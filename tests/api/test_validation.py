@@ -95,8 +95,8 @@ BAD = [
     Bad("username alone", "POST", f"{V}/trunks", {"id": "t9", "name": "N", "username": "u"},
         422, "username"),
     Bad("duplicate trunk", "POST", f"{V}/trunks", {"id": "t1", "name": "N"}, 409),
-    Bad("put id mismatch", "PUT", f"{V}/trunks/t1", {"id": "t2", "name": "N"}, 422, "id"),
-    Bad("patch id change", "PATCH", f"{V}/trunks/t1", {"id": "t7"}, 422, "id"),
+    Bad("put id mismatch", "PUT", f"{V}/trunks/t1", {"id": "t2", "name": "N"}, 409, "id"),
+    Bad("patch id change", "PATCH", f"{V}/trunks/t1", {"id": "t7"}, 409, "id"),
     Bad("patch wrong type", "PATCH", f"{B1}/profiles/p1", {"caps": {"daily": -1}}, 422,
         "caps.daily"),
     Bad("patch negative bid", "PATCH", f"{B1}/profiles/p1", {"bid": -3}, 422, "bid"),
@@ -133,6 +133,43 @@ BAD = [
         "text/plain"),
     Bad("dnc unknown param", "POST", f"{V}/dnc?list=x&lst=y", b"2125550000", 422, "lst",
         "text/plain"),
+    # Control characters: 422 naming the field, whatever the route (api.md "Text").
+    Bad("NUL in a name", "POST", f"{V}/trunks", {"id": "t9", "name": "Sel\u0000ler"}, 422, "name"),
+    Bad("NUL in a nested field", "POST", f"{V}/buyers",
+        {"id": "b9", "name": "N", "profiles": [{**_PROFILE, "timezone": "UTC\u0000"}]}, 422,
+        "profiles[0].timezone"),
+    Bad("LF in a name", "PUT", f"{V}/campaigns/c2", {"id": "c2", "name": "Home\nX"}, 422, "name"),
+    Bad("C1 control in a URI", "POST", f"{B1}/endpoints",
+        {"id": "e9", "uri": "sip:a@h\u0085x"}, 422, "uri"),
+    Bad("DEL in a patch", "PATCH", f"{V}/trunks/t1", {"name": "x\u007f"}, 422, "name"),
+    Bad("NUL in a consent disclosure", "POST", f"{V}/consent",
+        {"caller": CALLER, "campaign_id": "c1", "disclosure": "a\u0000"}, 422, "disclosure"),
+    Bad("NUL in a query value", "GET", f"{V}/calls?campaign_id=c%001", None, 422, "campaign_id"),
+    Bad("NUL in a query name", "GET", f"{V}/calls?a%00b=1", None, 422, "a\u0000b"),
+    Bad("ESC in a DNC source", "POST", f"{V}/dnc?list=x&source=a%1Bb", b"2125550000", 422,
+        "source", "text/plain"),
+    Bad("NUL in a path id", "GET", f"{V}/trunks/t%001", None, 422, "id"),
+    Bad("NUL in a path id (write)", "DELETE", f"{V}/buyers/b1/endpoints/e%00", None, 422, "id"),
+    # Money and percentages only as decimal strings (api.md "Money and times").
+    Bad("money as a JSON float", "POST", f"{B1}/profiles", {**_PROFILE, "bid": 5.5}, 422, "bid"),
+    Bad("money as a JSON integer", "POST", f"{B1}/profiles", {**_PROFILE, "bid": 5}, 422, "bid"),
+    Bad("nested money as a number", "POST", f"{V}/buyers",
+        {"id": "b9", "name": "N", "profiles": [{**_PROFILE, "caps": {"budget_daily": 10}}]},
+        422, "profiles[0].caps.budget_daily"),
+    Bad("percentage as a number", "POST", f"{V}/trunks",
+        {"id": "t9", "name": "N", "payout_share": 70}, 422, "payout_share"),
+    Bad("money with an exponent", "POST", f"{V}/campaigns",
+        {"id": "c9", "name": "N", "reserve": "1e3"}, 422, "reserve"),
+    Bad("money with a sign", "POST", f"{V}/campaigns",
+        {"id": "c9", "name": "N", "reserve": "+1"}, 422, "reserve"),
+    Bad("money over the ceiling", "POST", f"{B1}/profiles", {**_PROFILE, "bid": "1000000"}, 422,
+        "bid"),
+    Bad("patch money as a number", "PATCH", f"{B1}/profiles/p1", {"bid": 13}, 422, "bid"),
+    # A merge patch names fields of the model only, and removes only what has a default.
+    Bad("patch unknown nested null", "PATCH", f"{B1}/profiles/p1", {"caps": {"zzz": None}}, 422,
+        "caps.zzz"),
+    Bad("patch removes a required field", "PATCH", f"{V}/trunks/t1", {"name": None}, 422,
+        "name"),
 ]  # fmt: skip
 
 
@@ -141,6 +178,8 @@ async def test_bad_input(api: Api, bad: Bad) -> None:
     before = await api.snapshot()
     if bad.content_type is not None:
         reply = await api.call(bad.method, bad.path, data=bad.body, content_type=bad.content_type)
+    elif bad.body is None:
+        reply = await api.call(bad.method, bad.path)
     else:
         reply = await api.call(bad.method, bad.path, json=bad.body)
     assert reply.status == bad.status, reply.body
@@ -237,3 +276,53 @@ def test_sip_uri_check_matches_the_switch_parser(uri: str) -> None:
         assert exc.field == "uri"
         ours = exc.detail["message"]
     assert ours == _switch_verdict(uri, "uri")
+
+
+# ----------------------------------------------------------------------------------------------
+# Text and numbers as the document says (api.md "Text", "Money and times")
+
+
+async def test_money_as_a_number_is_refused_with_the_string_to_send(api: Api) -> None:
+    before = await api.snapshot()
+    r = await api.call("PATCH", f"{B1}/profiles/p1", json={"bid": 5.5})
+    assert r.status == 422
+    assert r.body["detail"]["field"] == "bid"
+    assert '"5.5" (in quotes), not the number 5.5' in r.body["detail"]["message"]
+    assert await api.snapshot() == before
+    ok = await api.call("PATCH", f"{B1}/profiles/p1", json={"bid": "5.50"})
+    assert ok.status == 200 and ok.body["bid"] == "5.50"
+
+
+async def test_a_consent_disclosure_keeps_its_line_breaks(api: Api) -> None:
+    text = "I agree\tto be called.\r\nSecond line.\n"
+    r = await api.call(
+        "POST", f"{V}/consent", json={"caller": CALLER, "campaign_id": "c1", "disclosure": text}
+    )
+    assert r.status == 201, r.body
+    stored = await api.call("GET", f"{V}/consent/{r.body['id']}")
+    assert stored.body["disclosure"] == text
+
+
+async def test_text_may_be_any_other_unicode(api: Api) -> None:
+    name = "Vendeur \u00e9t\u00e9 \u2014 \U0001f4de \u00a0 \u2028 \ufeff"
+    r = await api.call("POST", f"{V}/trunks", json={"id": "t9", "name": name})
+    assert r.status == 201, r.body
+    assert (await api.call("GET", f"{V}/trunks/t9")).body["name"] == name
+
+
+async def test_an_integral_json_number_is_an_integer(api: Api) -> None:
+    # JSON has one number type: 30.0 is 30 (JSON Schema's "integer" says so too).
+    r = await api.call("PATCH", f"{B1}/profiles/p1", json={"min_duration": 30.0})
+    assert r.status == 200, r.body
+    assert r.body["min_duration"] == 30
+    half = await api.call("PATCH", f"{B1}/profiles/p1", json={"min_duration": 30.5})
+    assert half.status == 422 and half.body["detail"]["field"] == "min_duration"
+
+
+async def test_a_lone_surrogate_is_malformed_json(api: Api) -> None:
+    r = await api.call(
+        "POST", f"{V}/trunks", data=b'{"id": "t9", "name": "a\\ud800"}',
+        content_type="application/json",
+    )  # fmt: skip
+    assert r.status == 400
+    assert r.body["error"] == "malformed JSON"
