@@ -442,7 +442,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path(tempfile.mkdtemp(prefix="dce-bench-"))
     server = None if args.embedded else args.database_url
-    db_url = create_database(server, prefix="dce_bench") if server else None
     print(f"dce bench: switch on core {SWITCH_CORE}, SIPp uac+uas on core {PEER_CORE}; "
           f"database: {'fresh database on ' + server.split('@')[-1] if server else 'embedded'}"
           f"; files in {out}", flush=True)
@@ -450,16 +449,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{'sipp ms':>11} {'cpu/call':>8} {'cpu':>6} {'peak':>6} {'RSS MiB':>7} "
           f"{'cdrs':>7} {'other':>6}", flush=True)
     steps: list[Step] = []
-    try:
-        for rate in args.rates:
+    for rate in args.rates:
+        # A fresh database per step, as the embedded one is: a config file seeds a database
+        # only once (docs/settings.md), and each step's buyer listens on another port.
+        db_url = create_database(server, prefix="dce_bench") if server else None
+        try:
             step = run_step(rate, args, db_url, out / f"rate-{rate}")
-            steps.append(step)
-            print_step(step)
-            if not step.clean:
-                break
-    finally:
-        if server and db_url:
-            drop_database(server, db_url)
+        finally:
+            if server and db_url:
+                drop_database(server, db_url)
+        steps.append(step)
+        print_step(step)
+        if not step.clean:
+            break
     clean = [s for s in steps if s.clean]
     best = max(clean, key=lambda s: s.achieved_cps, default=None)
     print()
