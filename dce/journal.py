@@ -362,10 +362,14 @@ class Journal:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-        # Segments whose calls all have durable CDRs are not needed by anyone.
+        # Segments whose calls all have durable CDRs are not needed by anyone (the current
+        # one included: a clean stop leaves no journal unless a CDR is still not safe).
+        current = self._path
         for path, pending in list(self._open.items()):
             if not pending:
                 self.forget([path])
+        if current is not None and not self._open.get(current):
+            self.forget([current])
 
     @property
     def open_calls(self) -> int:

@@ -57,7 +57,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -173,6 +173,8 @@ class CdrWriter:
         self._retry_max = retry_max
         self._spool_file_bytes = spool_file_bytes
 
+        # Called with the call ids of CDRs now committed or spooled (the call journal).
+        self.on_durable: Callable[[list[str]], None] | None = None
         self.written = 0
         self.duplicates = 0
         self.spooled = 0
@@ -310,6 +312,8 @@ class CdrWriter:
                 logger.warning("CDR queue reached %d rows: moving them to the spool", len(spill))
                 if not self._spool(spill):
                     self._hold(spill)
+                else:
+                    self._durable(spill)
                 self._handled += len(spill)
                 self._progress.set()
                 return
@@ -370,6 +374,8 @@ class CdrWriter:
             self._queue.clear()
             if rest and not self._spool(rest):
                 self._lose(rest, "the database and the spool both refused them at shutdown")
+            else:
+                self._durable(rest)
             self._handled += len(rest) - handled_before
             self._closed = True
             self._progress.set()
@@ -454,6 +460,9 @@ class CdrWriter:
                     raise
                 if left and not self._spool(left):
                     self._hold(left)
+                    self._durable([c for c in chunk if c not in left])
+                else:
+                    self._durable(chunk)
         while self._queue:
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
@@ -473,6 +482,9 @@ class CdrWriter:
                 raise
             if left and not self._spool(left):
                 self._hold(left)
+                self._durable([c for c in batch if c not in left])
+            else:
+                self._durable(batch)
             self._handled += len(batch)
             self._progress.set()
             if not (closing or self._force or len(self._queue) >= self._batch_size):
@@ -647,6 +659,17 @@ class CdrWriter:
                 except Exception as exc:
                     self._reject(cdr, f"cannot encode for the spool: {exc}")
             return b"".join(parts), len(parts)
+
+    def _durable(self, rows: Sequence[Cdr]) -> None:
+        """Tell ``on_durable`` which calls' CDRs are now committed or on disk (the call
+        journal then forgets them: dce/journal.py). Never raises."""
+        hook = self.on_durable
+        if hook is None or not rows:
+            return
+        try:
+            hook([c.call_id for c in rows])
+        except Exception:
+            logger.exception("on_durable hook failed")
 
     def _spool(self, batch: Sequence[Cdr]) -> bool:
         """Append rows to the current spool file and fsync. False: the disk refused them

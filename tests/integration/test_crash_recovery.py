@@ -69,7 +69,10 @@ def test_kill_9_with_calls_up_ends_them_after_restart(
         duration = int(row["duration_ms"])  # type: ignore[call-overload]
         assert 500 <= duration <= 5000, row
         assert row["billable"] is True and row["price"] is not None, row
-    # A third start finds nothing left to recover and writes nothing twice.
+    # A clean stop leaves no journal: every CDR is in PostgreSQL.
     assert sw.stop() == 0
+    assert sw.data_dir is not None
+    assert list((sw.data_dir / "journal").glob("*.jnl")) == []
+    # A third start finds nothing left to recover and writes nothing twice.
     sw.start()
     assert len(fetch(sw.dsn, "SELECT call_id FROM cdrs WHERE called = $1", "+" + CALLED)) == CALLS
