@@ -50,6 +50,7 @@ from typing import Final
 
 from switch import errors
 from switch.errors import SipParseError
+from switch.message import MAX_HEADER, MAX_MESSAGE, stateless_response
 
 __all__ = [
     "BadContentLength",
@@ -58,6 +59,7 @@ __all__ = [
     "FramingError",
     "HeaderTooLarge",
     "StreamFramer",
+    "error_response",
 ]
 
 
@@ -65,8 +67,11 @@ class FramingError(SipParseError):
     """The peer's byte stream cannot be cut into SIP messages; close the connection.
 
     ``status`` is the response to send (400 unless a subclass says otherwise) and ``reason``
-    the explanation, as for every :class:`~switch.errors.SipParseError`.
+    the explanation, as for every :class:`~switch.errors.SipParseError`. ``head`` holds the
+    message's header section as far as it was read (for :func:`error_response`).
     """
+
+    head: bytes = b""
 
 
 class ContentLengthRequired(FramingError):
@@ -105,7 +110,7 @@ class StreamFramer:
         max_header: the largest header section (start line to blank line) in bytes.
     """
 
-    def __init__(self, max_message: int = 65536, max_header: int = 16384) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE, max_header: int = MAX_HEADER) -> None:
         if max_header <= 0 or max_message <= 0:
             raise ValueError(f"limits must be positive: {max_message=} {max_header=}")
         if max_header > max_message:
@@ -158,6 +163,9 @@ class StreamFramer:
         try:
             return self._next()
         except FramingError as exc:
+            if not exc.head:
+                start = self._pos
+                exc.head = bytes(self._buf[start : start + self.max_header])
             self._error = exc
             raise
 
@@ -246,3 +254,10 @@ def _content_length(header: bytes) -> int:
     if found is None:
         raise ContentLengthRequired("Content-Length required on stream transport")
     return found
+
+
+def error_response(exc: FramingError) -> bytes | None:
+    """What to send before closing the connection after ``exc``: ``status`` and ``reason`` in
+    a response built from the message's own Via, From, To, Call-ID and CSeq, so the peer can
+    match it. None when the message was a response, an ACK or had no Via (send nothing)."""
+    return stateless_response(exc.head, exc.status, exc.reason)

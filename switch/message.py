@@ -11,18 +11,36 @@ once and cached. A body longer than Content-Length is cut to it (§18.3); a shor
 error. Anything a peer got wrong raises :class:`SipParseError` whose ``status`` the edge answers
 with (requests) or which is logged and dropped (responses).
 
+What is checked up front, because a later layer would trip on it or answer differently per
+transport: the size limits (:data:`MAX_MESSAGE`, :data:`MAX_HEADER`: 513), the header section
+ending at the first empty line of either kind (as the TCP framer cuts it), a start line of
+three single-space-separated parts with a token method (methods are case-sensitive; an
+unknown one is the core's 501, not a 400) and a case-insensitive ``SIP/2.0``, the mandatory
+headers, no two different values of a header that may appear once (:data:`SINGLE`, so
+conflicting Content-Length is 400 on UDP as on TCP), a CSeq below 2**31 naming the method,
+the top Via and the Request-URI (a well-formed URI of another scheme: 416). Numbers are read
+with ``isascii()`` too: ``str.isdigit`` alone takes digits ``int`` refuses.
+
+:func:`stateless_response` answers what could not be parsed, from the raw lines.
+
 Serialisation always recomputes Content-Length. Header names go out in their canonical
 spelling (``Call-ID``, ``CSeq``, ``WWW-Authenticate``).
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from switch.errors import MessageTooLarge, SipParseError
 from switch.uri import NameAddr, SipUri, Via, split_unquoted
 
-MAX_DATAGRAM = 65536
+# The largest SIP message (start line, headers and body) and header section accepted on any
+# transport (docs/sip.md); larger requests get 513 Message Too Large (§21.5.14).
+MAX_MESSAGE: Final = 32768
+MAX_HEADER: Final = 16384
 
 COMPACT = {
     "i": "call-id",
@@ -57,6 +75,20 @@ _CANONICAL = {
     "p-asserted-identity": "P-Asserted-Identity",
 }
 REQUIRED_REQUEST = ("via", "to", "from", "call-id", "cseq")
+# Headers that may appear once (§7.3.1) and that some layer reads: two different values make
+# the message malformed (RFC 4475 §3.3.9 for Content-Length).
+SINGLE: Final = frozenset(
+    {"call-id", "cseq", "from", "to", "content-length", "max-forwards", "content-type"}
+)
+# RFC 3261 and its extensions' methods: any other token is an extension method we do not
+# know (501), and these skip the token check below.
+METHODS: Final = frozenset(
+    {
+        "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    }
+)
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # §25.1 token
 
 
 def canonical_name(key: str) -> str:
@@ -77,7 +109,9 @@ def header_key(name: str) -> str:
     if key is None:
         key = name.strip().lower()
         key = COMPACT.get(key, key)
-        if len(_KEYS) < 4096:  # bounded: a peer inventing names cannot grow it without limit
+        # Bounded, so a peer inventing names cannot grow it without limit; and only sound
+        # names, because the parser takes a name found here as already checked.
+        if len(_KEYS) < 4096 and key and " " not in key and "\t" not in key:
             _KEYS[name] = key
     return key
 
@@ -198,11 +232,18 @@ class _Message:
             value = self.headers.get("cseq")
             if value is None:
                 raise SipParseError("Missing CSeq header")
-            num, _, method = value.strip().partition(" ")
-            method = method.strip()
-            if not num.isdigit() or len(num) > 10 or int(num) >= 2**31 or not method:
+            # §20.16: CSeq = 1*DIGIT LWS Method; the number below 2**31, the method as
+            # case-sensitive as the request line's.
+            parts = value.split()
+            # isascii: str.isdigit() also takes digits int() refuses (superscripts).
+            if (
+                len(parts) != 2
+                or not (parts[0].isascii() and parts[0].isdigit())
+                or len(parts[0]) > 10
+                or int(parts[0]) >= 2**31
+            ):
                 raise SipParseError(f"Malformed CSeq {value[:40]!r}")
-            self._cseq = (int(num), method.upper())
+            self._cseq = (int(parts[0]), parts[1])
         return self._cseq
 
     @property
@@ -281,25 +322,62 @@ class SipResponse(_Message):
 SipMessage = SipRequest | SipResponse
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n\r\n")
+def header_end(data: bytes) -> tuple[int, int] | None:
+    """(end of the header section, start of the body): the first empty line, CRLF or bare LF
+    (the framer's rule too, so a stream and a datagram cut a message alike), or None."""
+    end = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+    if bare >= 0:
+        return (bare - 1 if bare and data[bare - 1] == 13 else bare), bare + 2
     if end >= 0:
-        return data[:end], data[end + 4 :]
-    end = data.find(b"\n\n")  # bare-LF senders (tolerated, RFC 4475 §3.1.1.x spirit)
-    if end >= 0:
-        return data[:end], data[end + 2 :]
-    raise SipParseError("Truncated message: no blank line after the headers")
+        return (end - 1 if end and data[end - 1] == 13 else end), end + 3
+    return None
 
 
-def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
-    """Parse one SIP message. Raises SipParseError (``status`` 400 or 513) on bad input."""
+def _number(text: str) -> int | None:
+    """A decimal number of at most 10 digits, or None (``str.isdigit`` alone also accepts
+    digits such as superscripts that ``int`` refuses)."""
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return int(text)
+    return None
+
+
+def _check_repeats(items: list[tuple[str, str]]) -> None:
+    """Raise if a header that may appear once (§7.3.1) has two different values."""
+    values: dict[str, set[str]] = {}
+    for key, value in items:
+        if key in SINGLE:
+            values.setdefault(key, set()).add(value)
+    for key, seen in values.items():
+        if len(seen) < 2:
+            continue
+        if key == "content-length":
+            numbers = {_number(v) for v in seen}
+            if None in numbers or len(numbers) == 1:
+                continue  # a malformed value is reported below; 0 and 00 agree
+            raise SipParseError(f"Conflicting Content-Length values {', '.join(sorted(seen))[:40]}")
+        raise SipParseError(f"Conflicting {canonical_name(key)} headers")
+
+
+def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE) -> SipMessage:
+    """Parse one SIP message. Raises SipParseError (``status`` 400, 416, 505 or 513)."""
     if len(data) > max_size:
         raise MessageTooLarge(f"Message of {len(data)} bytes exceeds {max_size}")
     # Leading CRLFs before a message are allowed and ignored (§7.5).
     data = data.lstrip(b"\r\n")
     if not data:
         raise SipParseError("Empty message")
-    head, body = _split_head(data)
+    # The first empty line ends the header section (header_end(), inlined: the hot path).
+    end = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+    if bare >= 0:
+        head, body = data[: bare - 1 if bare and data[bare - 1] == 13 else bare], data[bare + 2 :]
+    elif end >= 0:
+        head, body = data[: end - 1 if end and data[end - 1] == 13 else end], data[end + 3 :]
+    else:
+        raise SipParseError("Truncated message: no blank line after the headers")
+    if len(head) > MAX_HEADER:
+        raise MessageTooLarge(f"Header section of {len(head)} bytes exceeds {MAX_HEADER}")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -317,7 +395,10 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
             if not items:
                 raise SipParseError("Header continuation before any header")
             key, value = items[-1]
-            items[-1] = (key, value + " " + line.strip())
+            # The fold is one SP (§7.3.1); an empty side adds none.
+            more = line.strip()
+            joined = f"{value} {more}" if value and more else value or more
+            items[-1] = (key, joined)
             continue
         name, sep, value = line.partition(":")
         if not sep:
@@ -329,13 +410,17 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
                 raise SipParseError(f"Malformed header name {name[:40]!r}")
             cached = header_key(name)
         items.append((cached, value.strip()))
+    # The first value of each header (what lookups read), built once here.
+    first = {k: v for k, v in reversed(items)}
+    if len(first) != len(items):
+        _check_repeats(items)  # some header came twice (a Via list, often): rare enough
     headers = Headers()
     headers._items = items
+    headers._first = first
 
-    clen_text = headers.get("content-length")
+    clen_text = first.get("content-length")
     if clen_text is not None:
-        clen_text = clen_text.strip()
-        if not clen_text.isdigit():
+        if not (clen_text.isascii() and clen_text.isdigit()) or len(clen_text) > 10:
             raise SipParseError(f"Malformed Content-Length {clen_text[:20]!r}")
         clen = int(clen_text)
         if clen > len(body):
@@ -350,7 +435,7 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
         code, _, reason = rest.partition(" ")
         if proto != "SIP/2.0":
             raise SipParseError(f"Unsupported protocol {proto[:20]!r}", 505)
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] in "0789":
             raise SipParseError(f"Malformed status code {code[:10]!r}")
         msg = SipResponse(int(code), reason.strip(), headers, body)
         # What the transaction layer matches on (top Via, CSeq) must be sound: a response
@@ -365,22 +450,29 @@ def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> SipMessage:
             raise SipParseError(f"Malformed request line {start[:80]!r}")
         method, uri, proto = parts
         if proto != "SIP/2.0":
-            if proto.upper().startswith("SIP/"):
+            # §7.1: the version string is case-insensitive (sent in upper case).
+            upper = proto.upper()
+            if upper.startswith("SIP/") and upper != "SIP/2.0":
                 raise SipParseError(f"Unsupported SIP version {proto[:20]!r}", 505)
-            raise SipParseError(f"Malformed request line {start[:80]!r}")
-        if not method.isalpha() or not method.isupper():
+            if upper != "SIP/2.0":
+                raise SipParseError(f"Malformed request line {start[:80]!r}")
+        # §7.1, §25.1: a method is a case-sensitive token; one we do not know is answered
+        # 405 or 501 by the core, not refused here.
+        if method not in METHODS and _TOKEN_RE.fullmatch(method) is None:
             raise SipParseError(f"Malformed method {method[:20]!r}")
         msg = SipRequest(method, uri, headers, body)
         for key in REQUIRED_REQUEST:
-            if headers.get(key) is None:
+            if not first.get(key):
                 raise SipParseError(f"Missing {canonical_name(key)} header")
         cseq_method = msg.cseq[1]
         if cseq_method != method:
-            raise SipParseError(f"CSeq method {cseq_method} does not match {method}")
+            raise SipParseError(f"CSeq method {cseq_method[:20]} does not match {method[:20]}")
         msg.via  # noqa: B018 - validates the top Via now, so a bad one gets 400 up front
         try:
             SipUri.parse(uri)
         except SipParseError as exc:
+            if exc.status == 416:
+                raise
             raise SipParseError(f"Malformed Request-URI: {exc.reason}") from exc
     return msg
 
@@ -409,3 +501,55 @@ def make_response(
     for name, value in headers:
         h.add(name, value)
     return SipResponse(status, reason, h, body)
+
+
+# Kept from a request we cannot take, for the stateless answer (§8.2.6.2).
+_ECHOED: Final = ("via", "from", "to", "call-id", "cseq")
+_LINE_END: Final = re.compile(rb"\r?\n")
+_TAG_RE: Final = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
+# Statuses a stateless answer may carry; anything else from a parse error becomes 400.
+STATELESS_STATUSES: Final = frozenset({400, 413, 414, 416, 420, 505, 513})
+
+
+def stateless_response(data: bytes, status: int, reason: str) -> bytes | None:
+    """A response to a request we could not parse or take, built from its raw bytes.
+
+    The Via, From, To, Call-ID and CSeq lines are copied as they came (§8.2.6.2) and a To
+    tag is added when there is none: a hash of the request's header section, so that a
+    retransmission gets the same tag, as §8.2.7 asks of a stateless UAS. None for what must
+    not or cannot be answered: a response, an ACK (§17), a request without any Via line.
+    """
+    data = data.lstrip(b"\r\n")
+    if data[:4].upper() == b"SIP/":
+        return None
+    cut = header_end(data)
+    head = data[: cut[0] if cut is not None and cut[0] < MAX_HEADER else MAX_HEADER]
+    lines = _LINE_END.split(head)
+    if lines[0][:4] == b"ACK ":
+        return None
+    kept: dict[str, list[bytes]] = {key: [] for key in _ECHOED}
+    last: list[bytes] | None = None
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):  # a folded continuation (§7.3.1)
+            if last:
+                last[-1] = (last[-1] + b" " + line.strip()).strip()
+            continue
+        name, sep, value = line.partition(b":")
+        last = kept.get(header_key(name.decode("latin-1"))) if sep else None
+        if last is not None:
+            last.append(value.strip())
+    if not kept["via"]:
+        return None  # §18.2.1: nowhere to send a response
+    to = kept["to"]
+    if status > 100 and to:
+        value = to[0]
+        params = value[value.rfind(b">") + 1 :] if b"<" in value else value
+        if _TAG_RE.search(params) is None:
+            to[0] = value + b";tag=%08x" % zlib.crc32(head)
+    reason = "".join(ch if ch.isprintable() else " " for ch in reason[:120]) or "Bad Request"
+    out = [f"SIP/2.0 {status} {reason}".encode("utf-8", "replace")]
+    for key in _ECHOED:
+        name = canonical_name(key).encode()
+        out.extend(name + b": " + value for value in kept[key])
+    out.append(b"Content-Length: 0")
+    return b"\r\n".join(out) + b"\r\n\r\n"

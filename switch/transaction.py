@@ -527,6 +527,9 @@ class TransactionLayer:
         if isinstance(tx, ServerNonInviteTx):
             self._nist(tx, Input.REQUEST, now)
             return
+        # Read now what every answer needs, so a broken To raises before a transaction
+        # exists: one made and never answered would have no timer to end it (§17.2.1/2).
+        req.to_tag  # noqa: B018
         reliable = peer.reliable
         if method == "INVITE":
             trying = None

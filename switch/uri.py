@@ -7,13 +7,33 @@ User parts are %-unescaped (§19.1.2) when read as a number.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote
 
 from switch.errors import SipParseError
 
 # Parameters whose values are case-insensitive tokens (§19.1.4).
 _CI_VALUES = frozenset({"transport", "user", "method", "maddr", "ttl", "lr"})
+
+# The URI schemes the switch serves (Request-URI, From); any other well-formed one is 416.
+URI_SCHEMES: Final = frozenset({"sip", "sips", "tel"})
+# §19.1.1 / RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# §25.1 token (protocol name, version and transport in a Via).
+_TOKEN: Final = r"[A-Za-z0-9.!%*_+`'~-]+"
+# §25.1 quoted-string, with quoted-pairs, at the start of a value.
+_QUOTED_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# §20.42: via-parm = sent-protocol LWS sent-by *( SEMI via-params ), where SLASH, COLON and
+# SEMI may carry white space on both sides (SWS) and sent-by is host [ COLON port ]. Folded
+# lines are already joined, so LWS here is spaces and tabs. The host is read leniently (a
+# hostname, an IPv4 address or an IPv6 reference); its port must be digits.
+_VIA_RE: Final = re.compile(
+    rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[^\s:;\[\]]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(;.*)?",
+    re.S,
+)
 
 
 def split_params(text: str) -> dict[str, str]:
@@ -99,8 +119,11 @@ class SipUri:
         text = text.strip()
         scheme, sep, rest = text.partition(":")
         scheme = scheme.lower()
-        if not sep or scheme not in ("sip", "sips", "tel"):
-            raise SipParseError(f"unsupported URI scheme in {text[:80]!r}")
+        if not sep or scheme not in URI_SCHEMES:
+            if sep and rest and _SCHEME_RE.fullmatch(scheme):
+                # A well-formed URI we do not serve: 416, not 400 (§8.2.2.1, §21.4.15).
+                raise SipParseError(f"Unsupported URI Scheme {scheme[:20]!r}", 416)
+            raise SipParseError(f"malformed URI {text[:80]!r}")
         if scheme == "tel":
             number, _, params = rest.partition(";")
             return cls("tel", number, "", None, split_params(params))
@@ -158,7 +181,8 @@ def _split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
     if not host:
         raise SipParseError(f"missing host in {context[:80]!r}")
     if port_text:
-        if not port_text.isdigit() or int(port_text) > 65535:
+        # isascii: str.isdigit() also accepts digits int() refuses (superscripts).
+        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
             raise SipParseError(f"bad port {port_text[:10]!r} in {context[:80]!r}")
         return host.lower(), int(port_text)
     return host.lower(), None
@@ -175,14 +199,29 @@ class NameAddr:
     @classmethod
     def parse(cls, value: str) -> NameAddr:
         value = value.strip()
-        lt = value.find("<")
+        display: str | None
+        if value[:1] == '"':
+            # A quoted display name may hold '<', ';' or ','; it must be closed (§25.1) and
+            # followed by <addr-spec> (§20.10).
+            end = value.find('"', 1) + 1
+            if end and value.find("\\", 1, end) < 0:
+                display = value[1 : end - 1]
+            else:  # escapes: read the quoted-string fully
+                quoted = _QUOTED_RE.match(value)
+                if quoted is None:
+                    raise SipParseError(f"unterminated quoted string in {value[:80]!r}")
+                end = quoted.end()
+                display = unquote_string(value[:end])
+            lt = value.find("<", end)
+            if lt < 0 or (lt > end and value[end:lt].strip()):
+                raise SipParseError(f"quoted display name without <URI> in {value[:80]!r}")
+        else:
+            lt = value.find("<")
+            display = (value[:lt].strip() or None) if lt >= 0 else None
         if lt >= 0:
             gt = value.find(">", lt)
             if gt < 0:
                 raise SipParseError(f"unterminated '<' in {value[:80]!r}")
-            display = value[:lt].strip() or None
-            if display and display.startswith('"') and display.endswith('"') and len(display) > 1:
-                display = unquote_string(display)
             return cls(display, value[lt + 1 : gt].strip(), split_params(value[gt + 1 :]))
         # addr-spec form: parameters after the URI belong to the header, not the URI (§20.10).
         uri, _, params = value.partition(";")
@@ -211,20 +250,34 @@ class NameAddr:
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;branch=z9hG4bK...;rport`` (§20.42, RFC 3581)."""
 
-    transport: str  # upper case: UDP, TCP, WS, WSS, TLS
+    transport: str  # upper case: UDP, TCP, WS, WSS, TLS, SCTP or any other token
     host: str
     port: int | None
     params: dict[str, str] = field(default_factory=dict)
+    # protocol-name "/" protocol-version: "SIP/2.0" but for the odd peer (any token, §20.42).
+    protocol: str = "SIP/2.0"
 
     @classmethod
     def parse(cls, value: str) -> Via:
-        proto, _, rest = value.strip().partition(" ")
-        pieces = [p.strip() for p in proto.split("/")]
-        if len(pieces) != 3 or pieces[0].upper() != "SIP" or pieces[1] != "2.0":
-            raise SipParseError(f"malformed Via protocol {proto[:40]!r}")
-        sent_by, _, params = rest.strip().partition(";")
-        host, port = _split_hostport(sent_by, value)
-        return cls(pieces[2].upper(), host, port, split_params(params))
+        """One via-parm as the ABNF of §20.42 allows it (white space around ``/``, ``:`` and
+        ``;``, any transport token, IPv6 references)."""
+        m = _VIA_RE.fullmatch(value)
+        if m is None:
+            raise SipParseError(f"malformed Via {value.strip()[:60]!r}")
+        name, version, transport, host, port_text, params = m.groups()
+        if host[0] == "[":
+            host = host[1:-1]
+            if ":" not in host:
+                raise SipParseError(f"malformed IPv6 reference in Via {value.strip()[:60]!r}")
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if port > 65535:
+                raise SipParseError(f"bad port {port_text[:10]!r} in Via {value.strip()[:60]!r}")
+        proto = "SIP/2.0" if name.upper() == "SIP" and version == "2.0" else f"{name}/{version}"
+        return cls(
+            transport.upper(), host.lower(), port, split_params(params) if params else {}, proto
+        )
 
     @property
     def branch(self) -> str | None:
@@ -232,7 +285,7 @@ class Via:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        out = f"SIP/2.0/{self.transport} {host}"
+        out = f"{self.protocol}/{self.transport} {host}"
         if self.port is not None:
             out += f":{self.port}"
         for name, value in self.params.items():

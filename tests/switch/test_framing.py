@@ -207,10 +207,10 @@ ERRORS = [
         id="conflicting",
     ),
     pytest.param(
-        [msg(b"Content-Length: 65536\r\n")],
+        [msg(b"Content-Length: 32768\r\n")],
         ContentTooLarge,
         513,
-        "exceeds 65536",
+        "exceeds 32768",
         id="body-too-large",
     ),
     pytest.param(

@@ -95,7 +95,7 @@ def test_body_longer_than_content_length_is_cut() -> None:
         ("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n", "Truncated"),
         ("garbage\r\n\r\n", "request line"),
         ("", "Empty"),
-        (BASE.replace("INVITE sip:+18005550100@127.0.0.1:5060", "INVITE http://x"), "Request-URI"),
+        (BASE.replace("INVITE sip:+18005550100@127.0.0.1:5060", "INVITE <sip:x@h>"), "Request-URI"),
     ],
     ids=[
         "no-call-id",
@@ -110,7 +110,7 @@ def test_body_longer_than_content_length_is_cut() -> None:
         "no-blank-line",
         "garbage",
         "empty",
-        "http-uri",
+        "bracketed-uri",
     ],
 )
 def test_malformed_requests_raise_with_a_reason(raw: str, fragment: str) -> None:
@@ -118,6 +118,14 @@ def test_malformed_requests_raise_with_a_reason(raw: str, fragment: str) -> None
         parse_message(raw.encode())
     assert fragment.lower() in info.value.reason.lower()
     assert info.value.status in (400, 505)
+
+
+def test_unsupported_request_uri_scheme_is_416() -> None:
+    with pytest.raises(SipParseError) as info:
+        parse_message(BASE.replace("INVITE sip:+18005550100@127.0.0.1:5060", "INVITE http://x")
+                      .encode())
+    assert info.value.status == 416
+    assert info.value.reason == "Unsupported URI Scheme 'http'"
 
 
 def test_oversized_message_is_513() -> None:
@@ -227,3 +235,113 @@ def test_malformed_responses_are_refused_at_parse(raw: str, fragment: str) -> No
     with pytest.raises(SipParseError) as info:
         parse_message(raw.encode())
     assert fragment.lower() in info.value.reason.lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "transport", "host", "port", "branch"),
+    [
+        ("SIP/2.0/UDP h:5060;branch=z9hG4bK1", "UDP", "h", 5060, "z9hG4bK1"),
+        ("SIP / 2.0 / tcp  h : 5061 ; branch = z9hG4bK2 ; rport", "TCP", "h", 5061, "z9hG4bK2"),
+        ("SIP/2.0/SCTP\th\t;branch=z9hG4bK3", "SCTP", "h", None, "z9hG4bK3"),
+        ("SIP/2.0/X-NEW [2001:DB8::1]:7;branch=z9hG4bK4", "X-NEW", "2001:db8::1", 7, "z9hG4bK4"),
+        ("SIP/2.0/UDP [::ffff:192.0.2.1];received=2001:db8::9;branch=z9hG4bK5", "UDP",
+         "::ffff:192.0.2.1", None, "z9hG4bK5"),
+    ],
+    ids=["plain", "lws", "tabs-sctp", "ipv6-unknown-transport", "received-ipv6"],
+)
+def test_via_takes_what_the_abnf_allows(
+    text: str, transport: str, host: str, port: int | None, branch: str
+) -> None:
+    via = Via.parse(text)
+    assert (via.transport, via.host, via.port, via.branch) == (transport, host, port, branch)
+    assert Via.parse(str(via)) == via
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["SIP/2.0 h;branch=z", "SIP/2.0/UDP 2001:db8::1;branch=z", "SIP/2.0/UDP h:70000",
+     "SIP/2.0/UDP ;branch=z", "SIP/2.0/UDP h:\u00b9", "SIP/2.0/UDP [1.2.3.4]"],
+    ids=["two-fields", "bare-ipv6", "port", "no-host", "superscript-port", "bracketed-ipv4"],
+)
+def test_via_refuses_what_it_does_not(text: str) -> None:
+    with pytest.raises(SipParseError):
+        Via.parse(text)
+
+
+def test_an_odd_via_protocol_survives_the_received_rewrite() -> None:
+    via = Via.parse("ACME/7.1/UDP h;branch=z9hG4bKx")
+    via.params["received"] = "192.0.2.1"
+    assert str(via) == "ACME/7.1/UDP h;branch=z9hG4bKx;received=192.0.2.1"
+
+
+def test_quoted_display_names_may_hold_separators_but_must_close() -> None:
+    na = NameAddr.parse('"a <b>; c, d" <sip:x@y>;tag=t')
+    assert (na.display, na.uri, na.tag) == ("a <b>; c, d", "sip:x@y", "t")
+    with pytest.raises(SipParseError):
+        NameAddr.parse('"Mr. J. User <sip:j@example.com>')
+    with pytest.raises(SipParseError):
+        NameAddr.parse('"name" sip:j@example.com')
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (BASE.replace("Call-ID: c1@127.0.0.1\r\n", "Call-ID: c1@127.0.0.1\r\ni: other\r\n"),
+         "Conflicting Call-ID"),
+        (BASE.replace("Content-Length: 4\r\n", "Content-Length: 4\r\nl: 3\r\n"),
+         "Conflicting Content-Length"),
+        (BASE.replace("Call-ID: c1@127.0.0.1\r\n", "Call-ID:\r\nCall-ID:\r\n c1\r\n"),
+         "Conflicting Call-ID"),
+        (BASE.replace("Call-ID: c1@127.0.0.1\r\n", "Call-ID:\r\n"), "Missing Call-ID"),
+        (BASE.replace("CSeq: 1 INVITE", "CSeq: 1 invite"), "does not match"),
+    ],
+    ids=["call-id", "content-length", "empty-then-folded", "empty-call-id", "cseq-case"],
+)
+def test_headers_that_may_appear_once(raw: str, fragment: str) -> None:
+    with pytest.raises(SipParseError) as info:
+        parse_message(raw.encode())
+    assert fragment in info.value.reason
+
+
+def test_the_same_header_twice_with_the_same_value_is_fine() -> None:
+    raw = BASE.replace("Content-Length: 4\r\n", "Content-Length: 4\r\nl: 04\r\n")
+    assert parse_message(raw.encode()).body == b"v=0\n"
+
+
+def test_a_fold_adds_one_space_and_no_more() -> None:
+    raw = BASE.replace("Call-ID: c1@127.0.0.1\r\n", "Call-ID: \r\n c1@127.0.0.1\r\n")
+    raw = raw.replace("Max-Forwards: 70\r\n", "Subject: a\r\n \r\n b\r\nMax-Forwards: 70\r\n")
+    msg = parse_message(raw.encode())
+    assert msg.call_id == "c1@127.0.0.1"
+    assert msg.headers.get("subject") == "a b"
+
+
+def test_the_header_section_ends_at_the_first_empty_line_of_either_kind() -> None:
+    """As the TCP framer cuts it: a bare-LF line end followed by CRLF is an empty line."""
+    head, _, _ = BASE.partition("Content-Type")
+    raw = head + "X-A: 1\n\r\nX-B: 2\r\n\r\n"
+    msg = parse_message(raw.encode())
+    assert msg.headers.get("x-a") == "1" and msg.body == b"X-B: 2\r\n\r\n"
+
+
+def test_methods_are_case_sensitive_tokens() -> None:
+    for method in ("invite", "NEW-METHOD.1", "!%*_+`'~"):
+        raw = BASE.replace("INVITE sip:", f"{method} sip:").replace("1 INVITE", f"1 {method}")
+        msg = parse_message(raw.encode())
+        assert isinstance(msg, SipRequest) and msg.method == method
+    with pytest.raises(SipParseError, match="Malformed method"):
+        parse_message(BASE.replace("INVITE sip:", "IN/VITE sip:").encode())
+
+
+@pytest.mark.parametrize("code", ["099", "700", "999", "1000", "20", "\u0662\u0660\u0660", "2x0"])
+def test_status_codes_outside_100_699_are_refused(code: str) -> None:
+    raw = f"SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 INVITE\r\n\r\n"
+    with pytest.raises(SipParseError, match="status code"):
+        parse_message(raw.encode())
+
+
+@pytest.mark.parametrize("code", [100, 199, 200, 302, 486, 500, 503, 699])
+def test_status_codes_inside_100_699_are_taken(code: int) -> None:
+    raw = f"SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 INVITE\r\n\r\n"
+    msg = parse_message(raw.encode())
+    assert isinstance(msg, SipResponse) and msg.status == code
