@@ -1,16 +1,25 @@
 """Prometheus exposition for /metrics, read from the live objects at scrape time.
 
-Counters live as plain ints where they are counted (the core, the CDR writer), so the hot path
-never touches a prometheus_client object; a custom collector turns them into metrics here.
+Counters live as plain ints where they are counted (the core, the CDR writer, the per-call
+:class:`CallMetrics` the pump feeds when a call ends), so the hot path never touches a
+prometheus_client object; a custom collector turns them into metrics here. Every metric and
+label is documented in docs/operations.md ("Metrics"), with the bound on each label's values.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,11 +27,144 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from store.writer import Histogram
+
 if TYPE_CHECKING:
     from dce.server import Switch
+    from store.cdr import Cdr
     from store.writer import CdrWriter
+    from switch.record import CallRecord
 
 _GAUGES = {"live_calls", "transactions"}
+
+# --------------------------------------------------------------------------- per-call counters
+
+NONE = "(none)"  # a call without a campaign or trunk; "(" is never in a configured id
+OTHER = "(other)"  # label values past MAX_VALUES, folded together
+# A guard on each labelled family: its values come from configuration (ids) or from the code
+# (dispositions, rules), so this is never reached unless ids churn by the thousand.
+MAX_VALUES = 2000
+
+# INVITE -> first buyer response / ringback relayed: from a few ms (a LAN buyer) to the ring
+# timeout; decision: in-process auctions take tens of µs, RTB up to DCE_AUCTION_TIMEOUT.
+SETUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
+DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0)
+
+
+@dataclass(slots=True)
+class Slice:
+    """One trunk's, campaign's or buyer's totals; money in micro-dollars."""
+
+    calls: dict[str, int] = field(default_factory=dict)  # disposition -> calls
+    answered: int = 0
+    billable: int = 0
+    revenue: int = 0
+    payout: int = 0
+    talk_ms: int = 0
+
+
+class CallMetrics:
+    """What operators slice ended calls by: trunk, campaign, buyer, disposition, rule; and the
+    setup histograms. Fed once per call with its CDR (dce/pump.py), read at scrape time."""
+
+    def __init__(self) -> None:
+        self.trunks: dict[str, Slice] = {}
+        self.campaigns: dict[str, Slice] = {}
+        self.buyers: dict[str, Slice] = {}  # by the last buyer tried, calls that reached one
+        self.rules: dict[tuple[str, str], int] = {}  # (trunk, Reason rule) -> calls
+        self.first_response = Histogram(SETUP_BUCKETS)
+        self.post_dial_delay = Histogram(SETUP_BUCKETS)
+        self.decision = Histogram(DECISION_BUCKETS)
+
+    def ended(self, record: CallRecord, cdr: Cdr) -> None:
+        """Count one ended call (its CDR is cleaned already)."""
+        disposition = cdr.disposition.value
+        answered = cdr.answered_at is not None
+        revenue = payout = 0
+        if cdr.billable:
+            revenue, payout = cdr.price or 0, cdr.payout or 0
+        trunk = cdr.trunk_id or NONE
+        for table, key in ((self.trunks, trunk), (self.campaigns, cdr.campaign_id or NONE),
+                           (self.buyers, cdr.buyer_id)):
+            if key is None:
+                continue
+            part = table.get(key)
+            if part is None:
+                if len(table) >= MAX_VALUES:
+                    key = OTHER
+                    part = table.get(OTHER)
+                if part is None:
+                    part = table[key] = Slice()
+            calls = part.calls
+            calls[disposition] = calls.get(disposition, 0) + 1
+            if answered:
+                part.answered += 1
+                part.talk_ms += cdr.duration_ms
+            if cdr.billable:
+                part.billable += 1
+                part.revenue += revenue
+                part.payout += payout
+        if cdr.rule is not None:
+            rules = self.rules
+            rk = (trunk, cdr.rule)
+            if rk not in rules and len(rules) >= MAX_VALUES:
+                rk = (OTHER, OTHER)
+            rules[rk] = rules.get(rk, 0) + 1
+        received = record.received
+        if record.first_response is not None:
+            self.first_response.observe(record.first_response - received)
+        ringback = record.ringing if record.ringing is not None else record.answered
+        if ringback is not None:
+            self.post_dial_delay.observe(ringback - received)
+        if cdr.decision_us is not None:
+            self.decision.observe(cdr.decision_us / 1e6)
+
+
+def call_families(calls: CallMetrics) -> Iterator[Any]:
+    """The metric families of :class:`CallMetrics` (docs/operations.md)."""
+    for dim, table in (("trunk", calls.trunks), ("campaign", calls.campaigns),
+                       ("buyer", calls.buyers)):
+        of = f"per {dim}" if dim != "buyer" else "per buyer (the last one tried)"
+        ended = CounterMetricFamily(f"dce_{dim}_calls", f"calls ended {of}, by disposition",
+                                    labels=[dim, "disposition"])
+        answered = CounterMetricFamily(f"dce_{dim}_answered_calls",
+                                       f"calls answered (connected) {of}", labels=[dim])
+        talk = CounterMetricFamily(f"dce_{dim}_talk_seconds",
+                                   f"talk time of answered calls {of}", labels=[dim])
+        billable = CounterMetricFamily(f"dce_{dim}_billable_calls", f"billable calls {of}",
+                                       labels=[dim])
+        revenue = CounterMetricFamily(f"dce_{dim}_revenue_micros",
+                                      f"price of billable calls {of}, micro-dollars",
+                                      labels=[dim])
+        payout = CounterMetricFamily(f"dce_{dim}_payout_micros",
+                                     f"seller payout of billable calls {of}, micro-dollars",
+                                     labels=[dim])
+        for key, part in sorted(table.items()):
+            for disposition, n in sorted(part.calls.items()):
+                ended.add_metric([key, disposition], n)
+            answered.add_metric([key], part.answered)
+            talk.add_metric([key], part.talk_ms / 1000)
+            billable.add_metric([key], part.billable)
+            revenue.add_metric([key], part.revenue)
+            payout.add_metric([key], part.payout)
+        yield from (ended, answered, talk, billable, revenue, payout)
+    rules = CounterMetricFamily("dce_call_rules",
+                                "calls that did not connect, by the Reason rule the caller got",
+                                labels=["trunk", "rule"])
+    for (trunk, rule), n in sorted(calls.rules.items()):
+        rules.add_metric([trunk, rule], n)
+    yield rules
+    for name, hist, doc in (
+        ("first_response", calls.first_response,
+         "INVITE to the first buyer response (not 100) relayed to the caller"),
+        ("post_dial_delay", calls.post_dial_delay,
+         "INVITE to the first 18x relayed to the caller (the 2xx if none came first)"),
+        ("decision", calls.decision, "routing decision: compliance gate and auction"),
+    ):
+        yield HistogramMetricFamily(
+            f"dce_{name}_seconds", doc, buckets=hist.cumulative(), sum_value=hist.sum
+        )
 
 
 class _SwitchCollector(Collector):
@@ -69,6 +211,7 @@ class _SwitchCollector(Collector):
         writer = self.switch.cdr_writer
         if writer is not None:
             yield from _cdr_metrics(writer)
+        yield from call_families(self.switch.pump.call_metrics)
         yield from _admission(self.switch)
         yield from _shield(self.switch)
         yield from _endpoint_health(self.switch)
@@ -117,7 +260,9 @@ def _admission(switch: Switch) -> Iterator[Any]:
         refused.add_metric([trunk, rule], count)
     yield refused
     live = GaugeMetricFamily("dce_trunk_live_calls", "live calls per trunk", labels=["trunk"])
-    for trunk, count in sorted(limiter.live_by_trunk().items()):
+    # Configured trunks with no call show 0, not a gap.
+    by_trunk = {t.id: 0 for t in switch.config.trunks} | limiter.live_by_trunk()
+    for trunk, count in sorted(by_trunk.items()):
         live.add_metric([trunk], count)
     yield live
 
@@ -125,6 +270,11 @@ def _admission(switch: Switch) -> Iterator[Any]:
 def render(switch: Switch) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SwitchCollector(switch))
+    # prometheus_client's own: process_* (CPU, RSS, open fds, start time), python_gc_*
+    # (collections and objects per generation) and python_info. They read /proc and the
+    # interpreter at scrape time only.
+    for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+        registry.register(collector)
     return generate_latest(registry)
 
 
@@ -170,6 +320,15 @@ def _shield(switch: Switch) -> Iterator[Any]:
     )
     yield CounterMetricFamily("dce_pike_untracked", "messages not counted: source table full",
                               value=pike.stats.untracked if pike is not None else 0)
+    proxy = switch.admitter.proxies.stats  # trusted proxies (switch/proxy.py)
+    sources = CounterMetricFamily(
+        "dce_proxy_source", "X-DCE-Source headers on new INVITEs, by what became of them",
+        labels=["outcome"],
+    )
+    sources.add_metric(["named"], proxy.named)
+    sources.add_metric(["ignored"], proxy.ignored)
+    sources.add_metric(["unusable"], proxy.unusable)
+    yield sources
     bans = shield.bans
     yield CounterMetricFamily("dce_pike_nft_pushed", "bans added to the nftables set",
                               value=bans.stats.pushed if bans is not None else 0)

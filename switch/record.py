@@ -30,6 +30,11 @@ class HangupSide(enum.StrEnum):
     CALLER = "caller"
     BUYER = "buyer"
     SYSTEM = "system"
+    OPERATOR = "operator"  # through the admin API or ``dce hangup`` (SwitchCore.hang_up)
+
+
+# The rule a caller is told (Reason) when the operator ends its call before the answer.
+OPERATOR_HANGUP = "operator_hangup"
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -54,6 +59,10 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     endpoint: str | None  # that attempt's URI
     attempts: int
     rule: str | None = None  # the Reason rule the caller got, if any
+    # For /metrics (post-dial delay): the first buyer response past 100 Trying relayed to the
+    # caller (18x, 2xx or the final failure), and the first 18x relayed.
+    first_response: float | None = None
+    ringing: float | None = None
 
 
 def outcome_for_failure(status: int, ring_timeout: bool) -> Outcome:
