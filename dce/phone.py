@@ -9,13 +9,22 @@ CDN, no third-party bundle. Its SIP client speaks RFC 7118 to ``ws(s)://<same ho
 Query parameters the page understands (all optional): ``token`` (the trunk's WebSocket
 credential, passed on to ``/sip?token=``), ``user`` and ``password`` (digest, RFC 8760
 SHA-256), ``number`` (pre-filled), ``autodial=1`` (tests).
+
+A browser cannot read the status of a refused WebSocket upgrade, so ``GET /phone/check?token=``
+answers what the upgrade would say of the token (``{"token": "accepted" | "refused" |
+"none"}``), and the page tells "token refused" from "switch unreachable". It reveals no more
+than the upgrade itself does, and is logged like a refused upgrade.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+
+logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 
@@ -56,8 +65,24 @@ def _file(name: str, content_type: str) -> web.Response:
     return web.Response(body=body, content_type=content_type, charset="utf-8", headers=HEADERS)
 
 
-def add_phone_routes(app: web.Application) -> None:
-    """``GET /phone`` (the page) and ``GET /phone/{phone.js,phone.css}``."""
+def add_phone_routes(
+    app: web.Application, token_check: Callable[[web.Request], str | None] | None = None
+) -> None:
+    """``GET /phone`` (the page), ``GET /phone/{phone.js,phone.css}`` and
+    ``GET /phone/check`` with the WebSocket upgrade's token check (dce/admit.py
+    ``TrunkAdmitter.ws_token``: "" no token, a trunk id, None refused; None: no check)."""
+
+    async def check(request: web.Request) -> web.Response:
+        if "token" not in request.query:
+            verdict = "none"
+        elif token_check is None or token_check(request) is not None:
+            verdict = "accepted"
+        else:
+            verdict = "refused"
+            logger.info("phone page: token refused", extra={"peer": request.remote})
+        return web.json_response({"token": verdict}, headers={"Cache-Control": "no-store"})
+
     app.router.add_get("/phone", _page)
     app.router.add_get("/phone/", _page)
+    app.router.add_get("/phone/check", check)  # before {name}, which would take it
     app.router.add_get("/phone/{name}", _asset)

@@ -6,7 +6,13 @@
 // SIP INFO when the browser cannot. The transport is reliable, so no retransmission timers
 // (RFC 3261 §17.1.1.2: Timer A is not used over reliable transports).
 //
-// Tests drive the page through `window.dcePhone` (call, hangup, dtmf, mute, stats, state).
+// When a call fails the page says why: a refused WebSocket token (asked of /phone/check, since
+// a browser cannot read a refused upgrade's status), no microphone, or the SIP final status
+// with its Reason rule (no_campaign, no_eligible_buyer, calling_hours ...). While a call is up
+// it warns when no audio leaves the browser (muted, unplugged, silent, nothing sent).
+//
+// Tests drive the page through `window.dcePhone` (call, hangup, dtmf, mute, stats, state,
+// failure, warning).
 
 const CRLF = "\r\n";
 const COMPACT = { v: "via", f: "from", t: "to", i: "call-id", m: "contact", l: "content-length",
@@ -14,6 +20,99 @@ const COMPACT = { v: "via", f: "from", t: "to", i: "call-id", m: "contact", l: "
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+
+// Below this RMS (about -90 dBFS) for SILENT_MS the microphone is taken as sending nothing:
+// digital silence, as a muted or absent device gives, not a quiet room.
+const SILENCE = 3e-5;
+const SILENT_MS = 4000;
+
+// Why a call failed, for the page and for tests: a short cause and a sentence.
+class PhoneError extends Error {
+  constructor(cause, text) {
+    super(text);
+    this.cause = cause;
+  }
+}
+
+// The rule in a Reason header (RFC 3326), as the switch names it, in words.
+const RULES = {
+  no_campaign: "no campaign owns this number",
+  campaign_inactive: "the campaign for this number is paused",
+  no_eligible_buyer: "no buyer takes this call now",
+  no_buyer: "no buyer takes this call now",
+  endpoints_down: "every buyer endpoint for this call is down",
+  no_reachable_endpoint: "no buyer endpoint could be reached",
+  ring_timeout: "the buyer did not answer",
+  no_response: "the buyer's endpoint did not respond",
+  invalid_number: "the number, or the caller's, is not a valid phone number",
+  calling_hours: "outside the calling hours",
+  dnc: "the caller is on a do-not-call list",
+  dnc_stale: "a do-not-call list the campaign needs is missing or out of date",
+  consent: "no consent on record for this caller",
+  suppressed: "the caller's number was erased and is blocked",
+  attestation: "the caller ID attestation is too weak",
+  fraud: "refused by the fraud check",
+  overload: "the switch is busy: try again in a moment",
+  trunk_cps: "too many calls per second on this trunk",
+  trunk_concurrent: "too many calls at once on this trunk",
+  operator_hangup: "the operator ended the call",
+  shutdown: "the switch is shutting down",
+  sdp: "the browser's audio offer was not usable",
+  no_media_ports: "the switch has no free media ports",
+};
+const STATUSES = {
+  401: "the switch wants a digest user and password (Account)",
+  407: "the switch wants a digest user and password (Account)",
+  403: "not admitted: no trunk takes calls from this phone (token or credentials)",
+  404: "no such number",
+  480: "nobody is available",
+  486: "busy",
+  488: "the audio formats did not match",
+  600: "busy",
+  603: "declined",
+};
+
+// A SIP final response in words: "<why> (404 Not Found, no_campaign)".
+function explain(status, phrase, reason) {
+  const m = /text="([^"]*)"/.exec(reason || "");
+  const rule = m ? m[1] : null;
+  const why = (rule && RULES[rule]) || (rule ? `refused by the rule ${rule}` : null) ||
+    STATUSES[status] || "the call failed";
+  return { cause: rule || String(status), rule, status,
+           text: `${why} (${status} ${phrase}${rule ? `, ${rule}` : ""})` };
+}
+
+// Why the WebSocket to /sip failed: the token (asked of /phone/check), or the switch.
+async function whyRefused(token) {
+  try {
+    const q = token === null ? "" : `?token=${encodeURIComponent(token)}`;
+    const r = await fetch(`/phone/check${q}`, { cache: "no-store" });
+    const { token: verdict } = await r.json();
+    if (verdict === "refused") {
+      return new PhoneError("token_refused",
+        "token refused: it is not the ws_token of any trunk (check the link or Account)");
+    }
+    return new PhoneError("websocket_refused",
+      "the switch refused the connection (busy, or too many connections from this address)");
+  } catch (err) {
+    return new PhoneError("unreachable", "the switch does not answer: is it running?");
+  }
+}
+
+// getUserMedia's errors in words.
+function micError(err) {
+  const name = err && err.name;
+  if (name === "NotFoundError" || name === "OverconstrainedError") {
+    return new PhoneError("no_microphone", "no microphone found: plug one in and call again");
+  }
+  if (name === "NotAllowedError" || name === "SecurityError") {
+    return new PhoneError("microphone_denied", "microphone access denied: allow it for this page");
+  }
+  if (name === "NotReadableError") {
+    return new PhoneError("microphone_busy", "the microphone is in use elsewhere or failed");
+  }
+  return new PhoneError("no_microphone", `no microphone: ${err && err.message || err}`);
+}
 
 function rand(n = 10) {
   const bytes = crypto.getRandomValues(new Uint8Array(n));
@@ -128,6 +227,8 @@ class Phone {
     this.secure = location.protocol === "https:";
     this.events = [];
     this.listeners = new Set();
+    this.failure = null; // {cause, text, status, rule} of the last failed call
+    this.warning = null; // {cause, text} while no audio leaves the browser
   }
 
   emit(state, detail = "") {
@@ -136,22 +237,35 @@ class Phone {
     for (const fn of this.listeners) fn(state, detail);
   }
 
+  token() {
+    return $("token").value || params.get("token") || null;
+  }
+
   wsUrl() {
-    const token = $("token").value || params.get("token") || "";
+    const token = this.token();
     const base = `${this.secure ? "wss" : "ws"}://${location.host}/sip`;
     return token ? `${base}?token=${encodeURIComponent(token)}` : base;
   }
 
   connect() {
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) return this.wsReady;
+    const token = this.token();
     this.ws = new WebSocket(this.wsUrl(), "sip");
+    let opened = false;
     this.wsReady = new Promise((resolve, reject) => {
-      this.ws.onopen = () => { badge("online"); resolve(); };
-      this.ws.onerror = () => { badge("error"); reject(new Error("WebSocket failed")); };
+      this.ws.onopen = () => { opened = true; badge("online"); resolve(); };
+      this.ws.onerror = () => {
+        badge("error");
+        if (!opened) whyRefused(token).then(reject);
+      };
     });
     this.ws.onclose = (ev) => {
       badge(ev.code === 1000 ? "offline" : "error");
-      if (this.call) this.finish("failed", `connection closed (${ev.code} ${ev.reason})`);
+      if (this.call) {
+        this.failure = { cause: "connection_closed", status: null, rule: null,
+                         text: `the connection to the switch closed (${ev.code} ${ev.reason})` };
+        this.finish("failed", this.failure.text);
+      }
       this.ws = null;
     };
     this.ws.onmessage = (ev) => this.receive(ev.data);
@@ -188,9 +302,19 @@ class Phone {
     if (this.call) throw new Error("already in a call");
     const clean = String(number).replace(/[^0-9+*#]/g, "");
     if (!clean) throw new Error("no number");
+    this.failure = null;
     this.emit("starting", clean);
     await this.connect();
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    if (!navigator.mediaDevices) {
+      throw new PhoneError("no_microphone", "this page has no microphone access over plain " +
+                           "http: open it over https (DCE_TLS_CERT) or on localhost");
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    } catch (err) {
+      throw micError(err);
+    }
     const pc = new RTCPeerConnection({ iceServers: [] });
     const track = stream.getAudioTracks()[0];
     const sender = pc.addTrack(track, stream);
@@ -223,8 +347,12 @@ class Phone {
       user: $("user").value || params.get("user") || "webrtc",
       password: $("password").value || params.get("password") || "",
       authTried: false,
+      micPeak: 0, // the loudest microphone level since the audio watch last looked
+      watch: null,
     };
-    meter($("mic"), stream, () => this.call !== null && this.call.pc === pc);
+    const call = this.call;
+    meter($("mic"), stream, () => this.call === call,
+          (rms) => { call.micPeak = Math.max(call.micPeak, rms); });
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
     this.call.offer = pc.localDescription.sdp;
@@ -313,6 +441,7 @@ class Phone {
       c.startedAt = Date.now();
       $("mute").disabled = false;
       this.emit("connected", `${msg.status} ${msg.reason}`);
+      this.watchAudio(c);
       return;
     }
     this.sendAck(msg);
@@ -326,9 +455,59 @@ class Phone {
       this.sendInvite([header, value]);
       return;
     }
-    const reason = msg.get("reason");
-    this.finish(msg.status === 487 ? "ended" : "failed",
-                `${msg.status} ${msg.reason}${reason ? ` (${reason})` : ""}`);
+    if (msg.status === 487) {
+      this.finish("ended", `${msg.status} ${msg.reason}`);
+      return;
+    }
+    this.failure = explain(msg.status, msg.reason, msg.get("reason"));
+    this.finish("failed", this.failure.text);
+  }
+
+  // While the call is up: is audio leaving the browser? Every 500 ms, the track's state, the
+  // loudest microphone level since the last look, and the packets sent.
+  watchAudio(c) {
+    let silentSince = null;
+    let stalledSince = null;
+    let lastSent = null;
+    c.watch = setInterval(async () => {
+      if (this.call !== c) { clearInterval(c.watch); return; }
+      const now = Date.now();
+      let warn = null;
+      if (c.track.readyState === "ended") {
+        warn = ["microphone_ended", "the microphone stopped (unplugged?): the other side hears nothing"];
+      } else if (!c.track.enabled) {
+        warn = ["muted", "you are muted: the other side hears nothing"];
+      } else if (c.track.muted) {
+        warn = ["microphone_muted", "the microphone sends no audio (muted by the system or another program)"];
+      } else {
+        const peak = c.micPeak;
+        c.micPeak = 0;
+        silentSince = peak < SILENCE ? (silentSince ?? now) : null;
+        if (silentSince !== null && now - silentSince >= SILENT_MS) {
+          warn = ["silent", "no sound from your microphone: is it muted or unplugged?"];
+        }
+      }
+      const sent = await packetsSent(c.pc);
+      if (this.call !== c) return;
+      if (sent !== null) {
+        stalledSince = lastSent !== null && sent <= lastSent ? (stalledSince ?? now) : null;
+        lastSent = sent;
+        if (!warn && stalledSince !== null && now - stalledSince >= SILENT_MS) {
+          warn = ["not_sending", "no audio is being sent to the switch"];
+        }
+      }
+      this.setWarning(warn);
+    }, 500);
+  }
+
+  setWarning(warn) {
+    const next = warn ? { cause: warn[0], text: warn[1] } : null;
+    if ((next && next.cause) === (this.warning && this.warning.cause)) return;
+    this.warning = next;
+    const el = $("warning");
+    el.hidden = !next;
+    el.textContent = next ? next.text : "";
+    el.dataset.cause = next ? next.cause : "";
   }
 
   async applyAnswer(sdp) {
@@ -405,7 +584,9 @@ class Phone {
   finish(state, detail) {
     const c = this.call;
     this.call = null;
+    this.setWarning(null);
     if (c) {
+      clearInterval(c.watch);
       c.stream.getTracks().forEach((t) => t.stop());
       c.pc.close();
       this.lastCall = c;
@@ -483,7 +664,20 @@ function gathered(pc, timeoutMs = 3000) {
 
 let audioContext = null;
 
-function meter(element, stream, live) {
+async function packetsSent(pc) {
+  // Audio RTP packets sent so far (null when the stats do not say).
+  try {
+    let sent = null;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "audio") sent = s.packetsSent;
+    });
+    return sent;
+  } catch (err) {
+    return null;
+  }
+}
+
+function meter(element, stream, live, onLevel = null) {
   // A live level: RMS of the last 2048 samples, on a log-ish scale, while the call lasts.
   try {
     audioContext = audioContext || new AudioContext();
@@ -505,6 +699,7 @@ function meter(element, stream, live) {
       element.value = Math.min(1, Math.sqrt(rms) * 1.5);
       element.dataset.rms = rms.toFixed(5);
       element.dataset.peak = Math.max(Number(element.dataset.peak || 0), rms).toFixed(5);
+      if (onLevel) onLevel(rms);
       setTimeout(tick, 50); // rAF does not run in background tabs
     };
     if (audioContext.state === "suspended") audioContext.resume().catch(() => {});
@@ -524,12 +719,14 @@ function badge(state) {
 
 const phone = new Phone();
 window.dcePhone = {
-  call: (number) => phone.dial(number),
+  call: (number) => phone.dial(number).catch((err) => { dialFailed(err); throw err; }),
   hangup: () => phone.hangup(),
   dtmf: (digit) => phone.dtmf(digit),
   mute: () => phone.toggleMute(),
   stats: () => phone.stats(),
   get state() { return phone.state; },
+  get failure() { return phone.failure; },
+  get warning() { return phone.warning; },
   get events() { return phone.events.slice(); },
 };
 
@@ -539,6 +736,7 @@ phone.listeners.add((state, detail) => {
   el.textContent = state;
   el.dataset.state = state;
   $("detail").textContent = detail;
+  $("detail").dataset.cause = state === "failed" && phone.failure ? phone.failure.cause : "";
   const busy = ["starting", "calling", "ringing", "connected", "cancelling"].includes(state);
   $("call").disabled = busy;
   $("hangup").disabled = !busy;
@@ -552,12 +750,22 @@ phone.listeners.add((state, detail) => {
   }
 });
 
+// A call that failed before any SIP answer (token, microphone, a dropped socket).
+function dialFailed(err) {
+  if (phone.call) {
+    const c = phone.call;
+    c.stream && c.stream.getTracks().forEach((t) => t.stop());
+    c.pc && c.pc.close();
+  }
+  phone.call = null;
+  phone.failure = { cause: err.cause || "error", text: String(err.message || err),
+                    status: null, rule: null };
+  phone.emit("failed", phone.failure.text);
+}
+
 $("dial").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  phone.dial($("number").value).catch((err) => {
-    phone.call = null;
-    phone.emit("failed", String(err.message || err));
-  });
+  phone.dial($("number").value).catch(dialFailed);
 });
 $("hangup").addEventListener("click", () => phone.hangup());
 $("mute").addEventListener("click", () => phone.toggleMute());
@@ -571,5 +779,5 @@ for (const id of ["token", "user", "password", "number"]) {
   if (params.get(id)) $(id).value = params.get(id);
 }
 if (params.get("autodial") === "1" && params.get("number")) {
-  phone.dial(params.get("number")).catch((err) => phone.emit("failed", String(err.message || err)));
+  phone.dial(params.get("number")).catch(dialFailed);
 }
