@@ -5,9 +5,10 @@ Theory of operation
 ``build_api()`` returns an aiohttp application that the switch mounts at ``/api/v1``
 (``mount_api()`` does that and adds the top-level ``/openapi.json``). Every route is one row
 of ``ROUTES``, joined here from the resource modules (trunks, campaigns, buyers with their
-endpoints and profiles, calls, DNC, consent, erasure, the whole config): method, path,
-handler, who may call it, and the request/response models that ``/openapi.json``
-(api/openapi.py) is generated from, so the document cannot drift from the routes.
+endpoints and profiles, live calls, calls, reports, DNC, consent, erasure, the whole
+config): method, path, handler, who may call it, and the request/response models that
+``/openapi.json`` (api/openapi.py) is generated from, so the document cannot drift from the
+routes.
 
 One middleware authenticates every request except the OpenAPI document (api/auth.py) and
 turns errors into answers: an ``ApiError`` is its own ``{"error": ..., "detail": ...}``; a
@@ -16,8 +17,9 @@ layers below included, is logged and answered 500.
 
 Writes to exchange objects are validated before anything is stored (api/validation.py) and
 serialised with the switch's reload (api/context.py). Compliance routes change the gate's
-in-memory stores in place and persist: consent records and erasure suppression entries in
-PostgreSQL, DNC lists as files under ``dnc_dir``. They do not call ``on_change``.
+in-memory stores in place and persist them in PostgreSQL: consent records, erasure suppression
+entries and DNC lists. They do not call ``on_change``; the database's notifications carry their
+changes to other switch instances (dce/sync.py).
 
 Errors: 400 for malformed JSON, 422 for anything well-formed that fails validation (bodies and
 query parameters alike; ``detail`` is ``{"field": "caps.daily", "message": ...}``; a path or
@@ -33,12 +35,23 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
-from api import buyers, calls, campaigns, config, consent, dnc, erasure, openapi, trunks
+from api import (
+    buyers,
+    calls,
+    campaigns,
+    config,
+    consent,
+    dnc,
+    erasure,
+    live,
+    openapi,
+    reports,
+    trunks,
+)
 from api.auth import PRINCIPAL, Access, Authenticator
 from api.bodies import error_response
 from api.context import ApiContext
@@ -74,7 +87,9 @@ ROUTES: Final[tuple[Route, ...]] = (
     *trunks.ROUTES,
     *campaigns.ROUTES,
     *buyers.ROUTES,
+    *live.ROUTES,  # before calls: /calls/{call_id} would take /calls/live
     *calls.ROUTES,
+    *reports.ROUTES,
     *dnc.ROUTES,
     *consent.ROUTES,
     *erasure.ROUTES,
@@ -123,10 +138,11 @@ def build_api(
     on_change: Callable[[], Awaitable[None]],
     gate: Gate | None = None,
     wall: Callable[[], datetime],
-    dnc_dir: Path | None = None,
+    dnc_versions: dict[str, int] | None = None,
     dnc_max_bytes: int = dnc.DNC_MAX_BODY,
     flush_cdrs: Callable[[], Awaitable[None]] | None = None,
     endpoint_health: Callable[[str], Mapping[str, Any]] | None = None,
+    live_calls: live.LiveSource | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp application to mount at ``/api/v1`` (see ``mount_api``).
 
@@ -138,12 +154,14 @@ def build_api(
         gate: the switch's compliance gate, whose DNC, consent and suppression stores the
             compliance routes change in place; None: a private gate (erasure answers 503).
         wall: UTC wall clock (consent times, DNC ``loaded_at``, staleness).
-        dnc_dir: where DNC lists are saved (DCE_DATA_DIR/dnc); None keeps them in memory.
+        dnc_versions: the stored version of each DNC list in ``gate`` (dce/sync.py keeps it
+            and the DNC routes update it); None: a private one.
         dnc_max_bytes: the largest DNC import body.
         flush_cdrs: awaited before an erasure so that queued CDRs are in the table
             (``CdrWriter.flush``).
         endpoint_health: an endpoint URI -> its probed health (``EndpointHealth`` fields),
             shown when endpoints are read; None: they read as not probed.
+        live_calls: the running switch's live calls (api/live.py); None: there are none.
     """
     auth = Authenticator(admin_token, store)
     ctx = ApiContext(
@@ -152,10 +170,11 @@ def build_api(
         # Without the switch's gate the compliance routes work on a private one (no erasure).
         gate=gate if gate is not None else Gate(),
         wall=wall,
-        dnc_dir=dnc_dir,
+        dnc_versions=dnc_versions if dnc_versions is not None else {},
         dnc_max_bytes=dnc_max_bytes,
         flush_cdrs=flush_cdrs,
         endpoint_health=endpoint_health,
+        live=live_calls,
     )
     app = web.Application(middlewares=[_middleware(auth)])
     for r in ROUTES:

@@ -56,7 +56,8 @@ def full(obj: Any) -> Any:
     """Plain data for a response: every struct field written, defaults included (the models
     omit defaults when stored, but a client should see ``"active": true``)."""
     if isinstance(obj, msgspec.Struct):
-        return {f: full(getattr(obj, f)) for f in obj.__struct_fields__}
+        names = zip(obj.__struct_fields__, obj.__struct_encode_fields__, strict=True)
+        return {wire: full(getattr(obj, f)) for f, wire in names}
     if isinstance(obj, list | tuple):
         return [full(v) for v in obj]
     if isinstance(obj, dict):

@@ -4,7 +4,8 @@ Writes to exchange objects are serialised by ``exchange_lock``: ``changing()`` y
 stored, and after the write commits runs ``on_change()`` still under the lock, so the switch
 reloads snapshots in commit order and the next call sees the change. Compliance routes change
 the gate's in-memory stores in place (the gate reads them on every call, so there is nothing
-to reload); DNC imports and erasures take ``compliance_lock``.
+to reload); DNC imports and erasures take ``compliance_lock``, and ``dnc_versions`` records
+the stored version of each DNC list they put in the gate.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.errors import ApiError
 from compliance.check import Gate
 from exchange.models import ExchangeConfig
 from store.database import Store
+
+if TYPE_CHECKING:
+    from api.live import LiveSource
 
 __all__ = ["ApiContext"]
 
@@ -36,12 +39,15 @@ class ApiContext:
     on_change: Callable[[], Awaitable[None]]
     gate: Gate
     wall: Callable[[], datetime]
-    dnc_dir: Path | None
+    # Each DNC list's stored version, as held in ``gate.dnc`` (shared with dce/sync.py).
+    dnc_versions: dict[str, int]
     dnc_max_bytes: int
     flush_cdrs: Callable[[], Awaitable[None]] | None
     # An endpoint URI -> its health as the switch's probes see it (api.models.EndpointHealth
     # fields); None: no switch behind this API (endpoints read as not probed).
     endpoint_health: Callable[[str], Mapping[str, Any]] | None = None
+    # The running switch's live calls (api/live.py LiveSource); None: no switch, no calls.
+    live: LiveSource | None = None
     exchange_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     compliance_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

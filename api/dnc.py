@@ -1,16 +1,19 @@
 """DNC lists: bulk import (``POST /dnc``), the loaded lists, and a number's lookup (admin only).
 
-An import changes the gate's ``DncStore`` in place (the switch reads it on every call) and
-saves the list under ``dnc_dir`` in the format ``dce dnc import`` writes and the switch's
-watcher reloads. The body is ``text/plain`` or ``text/csv`` (the first column is the number),
-streamed and parsed chunk by chunk up to ``dnc_max_bytes`` (default ``DNC_MAX_BODY``).
+An import stores the new list in PostgreSQL (store/dnc.py), then swaps it into the gate's
+``DncStore`` (the switch reads it on every call); the database's notification carries it to
+every other switch instance (dce/sync.py). ``update_list`` is that path for any change to a
+list: under the list's lock in the database it builds on the stored version (this instance's
+copy when it is that version), so two instances merging into one list at once both count.
+Its answer names the campaigns that use the list, and warns when none does.
+The body is ``text/plain`` or ``text/csv`` (the first column is the number), streamed and
+parsed chunk by chunk up to ``dnc_max_bytes`` (default ``DNC_MAX_BODY``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -30,10 +33,18 @@ from api.validation import (
     phone_number,
     query_params,
 )
-from compliance.dnc import DEFAULT_MAX_AGE_DAYS, DncImporter
+from compliance.dnc import DEFAULT_MAX_AGE_DAYS, DncImporter, DncList, DncStore, ImportReport
 from compliance.erasure import ALL
 
-__all__ = ["DNC_BODY_RULE", "DNC_MAX_BODY", "MAX_AGE_DAYS", "ROUTES", "save_lists"]
+__all__ = [
+    "DNC_BODY_RULE",
+    "DNC_MAX_BODY",
+    "MAX_AGE_DAYS",
+    "ROUTES",
+    "campaigns_using",
+    "unused_warning",
+    "update_list",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,32 +89,89 @@ async def import_dnc(ctx: ApiContext, request: web.Request) -> web.Response:
             f"no number in {importer.read} lines ({importer.rejected} rejected); "
             "the list is unchanged",
         )
-    async with ctx.compliance_lock:
-        report = ctx.gate.dnc.finish_import(
-            name,
-            importer,
-            source=q.get("source", "api"),
-            loaded_at=loaded_at,
-            merge=merge,
-            max_age_days=max_age,
+    reports: list[ImportReport] = []
+
+    def build(base: DncList | None) -> DncList:
+        scratch = DncStore()  # the gate keeps the list in use until the new one is stored
+        if base is not None:
+            scratch.put(base)
+        reports.append(
+            scratch.finish_import(
+                name,
+                importer,
+                source=q.get("source", "api"),
+                loaded_at=loaded_at,
+                merge=merge,
+                max_age_days=max_age,
+            )
         )
-        await save_lists(ctx, [name])
+        return scratch[name]
+
+    async with ctx.compliance_lock:
+        await update_list(ctx, name, build, base=merge)
+    report = reports[0]
+    try:
+        users = await campaigns_using(ctx, name)
+        warning = None if users else unused_warning(name)
+    except Exception as exc:  # the list is saved: answer that, not a 500
+        logger.exception("reading the campaigns after a DNC import failed")
+        users, warning = [], f"the list is imported; which campaigns use it is unknown ({exc})"
     logger.info(
         "DNC list imported",
-        extra={"list": name, "imported": report.imported, "rejected": report.rejected},
+        extra={"list": name, "imported": report.imported, "rejected": report.rejected,
+               "campaigns": users},
     )
-    return json_response(DncImported(**msgspec.structs.asdict(report)))
+    if warning is not None:
+        logger.warning(warning, extra={"list": name})
+    return json_response(
+        DncImported(**msgspec.structs.asdict(report), campaigns=users, warning=warning)
+    )
 
 
-async def save_lists(ctx: ApiContext, names: Sequence[str]) -> None:
-    """Save the named lists under ``dnc_dir`` for the switch's watcher (nothing without one)."""
-    if ctx.dnc_dir is None or not names:
-        return
-    dnc, directory = ctx.gate.dnc, ctx.dnc_dir
-    loop = asyncio.get_running_loop()
-    for name in names:
-        # Writing tens of MB is slow work: off the loop (file I/O releases the GIL).
-        await loop.run_in_executor(None, dnc.save, directory, name)
+async def campaigns_using(ctx: ApiContext, name: str) -> list[str]:
+    """The campaigns whose policy requires the list ``name`` (inactive ones included)."""
+    cfg = await ctx.store.exchange.read_config()
+    return sorted(c.id for c in cfg.campaigns if name in c.compliance.dnc_lists)
+
+
+def unused_warning(name: str) -> str:
+    """What an import into a list no campaign uses is told (the API and ``dce dnc import``)."""
+    return (
+        f"no campaign uses the DNC list {name!r}: it blocks no call until a campaign names it "
+        "in compliance.dnc_lists"
+    )
+
+
+async def update_list(
+    ctx: ApiContext,
+    name: str,
+    change: Callable[[DncList | None], DncList | None],
+    *,
+    base: bool = True,
+) -> DncList | None:
+    """Store ``change(stored list)`` as list ``name``'s new version, then put it in the gate.
+
+    ``change`` gets the stored list (None if there is none, or if ``base`` is False: a
+    replacement needs none) and returns the new one, or None to change nothing. It may change
+    the list it is given in place: that is this instance's copy only when it is the stored
+    version already, and the gate takes the result only once it is stored.
+    """
+    async with ctx.store.dnc.writing(name) as w:
+        current = None
+        if base and w.version is not None:
+            mine = ctx.gate.dnc.get(name)
+            if mine is not None and ctx.dnc_versions.get(name) == w.version:
+                current = mine
+            else:  # another instance changed it since this one loaded it
+                current = await w.load()
+        new = change(current)
+        if new is None:
+            return None
+        version = await w.save(new)
+    if version > ctx.dnc_versions.get(name, -1):  # not if a newer one was synced meanwhile
+        ctx.gate.dnc.put(new)
+        ctx.dnc_versions[name] = version
+    return new
 
 
 async def list_dnc(ctx: ApiContext, request: web.Request) -> web.Response:

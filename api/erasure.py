@@ -5,7 +5,8 @@ erasure secret the route answers 503) in CDRs, auction records and consent recor
 spellings included; it leaves the DNC lists it was on but stays blocked on them (and on every
 call with ``block_all``) through a hashed suppression entry. Queued CDRs are flushed first so
 that none escapes the rewrite; the database is rewritten before memory, so a failure leaves
-the two agreeing.
+the two agreeing. The suppression entry is stored before the DNC lists lose the number, and
+other instances apply it first (dce/sync.py), so nowhere is the number off both at once.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from aiohttp import web
 from api.auth import Access
 from api.bodies import json_response
 from api.context import ApiContext
-from api.dnc import save_lists
+from api.dnc import update_list
 from api.errors import Unavailable
 from api.models import ErasureResult
 from api.routes import Param, Route
 from api.validation import bool_param, phone_number, query_params
+from compliance.dnc import DncList, dnc_key
 from compliance.erasure import ALL, erase_caller
 
 __all__ = ["ROUTES", "number_forms"]
@@ -64,7 +66,16 @@ async def erase(ctx: ApiContext, request: web.Request) -> web.Response:
             block_all=block_all,
         )
         sup.add(e164, scope)  # also when empty: the entry records that the number was erased
-        await save_lists(ctx, report.dnc_lists)
+        key = dnc_key(e164)
+
+        def drop(lst: DncList | None) -> DncList | None:
+            # This instance's copy lost the number above; a newer stored one loses it here.
+            if lst is not None:
+                lst.discard(key)
+            return lst
+
+        for name in report.dnc_lists:
+            await update_list(ctx, name, drop)
     logger.info("caller erased", extra={"hash": replacement, "cdrs": rows.cdrs})
     return json_response(
         ErasureResult(

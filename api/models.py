@@ -9,6 +9,7 @@ buyer is split in three (``Buyer`` to create one with its endpoints and profiles
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -40,7 +41,12 @@ __all__ = [
     "EndpointView",
     "ErasureResult",
     "ErrorBody",
+    "LiveCall",
+    "LiveCallList",
     "ProfileList",
+    "Report",
+    "ReportRow",
+    "ReportTotals",
     "TrunkList",
 ]
 
@@ -198,12 +204,116 @@ class CallPage(View):
     next_cursor: str | None
 
 
+# -- reports -------------------------------------------------------------------------------
+
+
+class ReportTotals(View):
+    """Calls received in the report's range (all its rows together).
+
+    ``answered``: calls the caller was connected on (``answered_at`` set); ``billable``: calls
+    the buyer pays for. ``revenue`` is what buyers pay (the sum of ``price``), ``payout`` what
+    sellers get, ``margin`` the difference: the exchange's share. A buyer's key sees its own
+    spend as ``revenue`` and ``payout`` and ``margin`` as null. ``answer_rate`` is answered /
+    calls (0 to 1, four decimals; null without calls); ``avg_duration_s`` the mean connected
+    time of answered calls in seconds (null without one).
+    """
+
+    calls: int
+    answered: int
+    billable: int
+    revenue: Decimal
+    payout: Decimal | None
+    margin: Decimal | None
+    answer_rate: float | None
+    avg_duration_s: float | None
+
+
+class ReportRow(View):
+    """One period of one campaign, buyer or trunk (``key``; null for calls without one, such
+    as calls refused before any buyer was tried in a report by buyer). ``start`` is the
+    period's first instant, with the offset the report's time zone had then. The fields
+    after ``key`` are those of ``ReportTotals``."""
+
+    start: datetime
+    key: str | None
+    calls: int
+    answered: int
+    billable: int
+    revenue: Decimal
+    payout: Decimal | None
+    margin: Decimal | None
+    answer_rate: float | None
+    avg_duration_s: float | None
+
+
+class Report(View):
+    """Calls received in ``[from, to)`` by ``period`` (in time zone ``tz``) and by ``by``.
+
+    A period cut by ``from`` or ``to`` holds only the calls inside the range. Rows are in
+    period order, then key order (null last); periods and keys without calls have no row.
+    ``from``, ``to`` and each row's ``start`` carry the offset of ``tz`` (not UTC). With
+    ``format=csv`` the answer is the rows as ``text/csv`` instead (docs/dashboard.md).
+    """
+
+    period: Literal["hour", "day"]
+    by: Literal["campaign", "buyer", "trunk"]
+    tz: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    rows: list[ReportRow]
+    totals: ReportTotals
+
+
+# -- live calls ----------------------------------------------------------------------------
+
+
+class LiveCall(View):
+    """A call in progress, as the running switch sees it.
+
+    ``state``: ``routing`` (the gate and the auction decide), ``media`` (its media opens),
+    ``calling`` (an INVITE is out to ``endpoint``), ``ringing`` (the buyer sent a
+    provisional), ``answered``. ``campaign_id`` and ``buyer_id`` are null until routing has
+    decided them; ``caller`` and ``called`` are E.164 when they parse, as the CDR will hold
+    them; ``duration_ms`` counts from the answer. The media counters are the relay's (or the
+    WebRTC bridge's) so far, null when the switch does not carry the media (bypass).
+    ``DELETE /calls/live/{call_id}`` answers the call as it was just before it was hung up.
+    """
+
+    call_id: str
+    a_call_id: str
+    trunk_id: str | None
+    source: str
+    caller: str
+    called: str
+    campaign_id: str | None
+    buyer_id: str | None
+    endpoint: str | None
+    state: Literal["routing", "media", "calling", "ringing", "answered"]
+    received_at: datetime
+    answered_at: datetime | None
+    duration_ms: int
+    attempts: int
+    packets_a_to_b: int | None
+    packets_b_to_a: int | None
+    bytes_a_to_b: int | None
+    bytes_b_to_a: int | None
+    packets_dropped: int | None
+
+
+class LiveCallList(View):
+    """The live calls, oldest first (a buyer key sees only the calls it took)."""
+
+    items: list[LiveCall]
+
+
 # -- compliance ----------------------------------------------------------------------------
 
 
 class DncImported(View):
     """What POST /dnc did: lines read (non-blank), numbers imported, lines rejected, imported
-    numbers already present, and the list's size afterwards."""
+    numbers already present, and the list's size afterwards. ``campaigns`` names the
+    campaigns whose ``compliance.dnc_lists`` hold the list; with none, ``warning`` says that
+    the list blocks no call (a misspelt name, or a campaign still to be pointed at it)."""
 
     list: str
     read: int
@@ -211,6 +321,8 @@ class DncImported(View):
     rejected: int
     duplicates: int
     total: int
+    campaigns: builtins.list[str]  # ``list`` is the field above
+    warning: str | None
 
 
 class DncListInfo(View):

@@ -297,6 +297,8 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": ref[r.response]}}
         elif r.name == "openapi":
             ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+        for alt in r.alt_types:  # a text body (e.g. CSV) that a query parameter asks for
+            ok.setdefault("content", {})[alt] = {"schema": {"type": "string"}}
         responses: dict[str, Any] = {str(r.status): ok}
         codes = set(r.errors)
         if r.access is not Access.PUBLIC:
@@ -319,8 +321,8 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
             "title": "DCE admin API",
             "version": "1",
             "description": "Trunks, campaigns, buyers and their endpoints and bid profiles; "
-            "CDRs; DNC lists, consent records and GDPR erasure. Money is USD as decimal "
-            "strings. Errors are {error, detail}.",
+            "live calls; CDRs; DNC lists, consent records and GDPR erasure. Money is USD as "
+            "decimal strings. Errors are {error, detail}.",
         },
         "paths": paths,
         "components": {
@@ -364,7 +366,8 @@ def _intro() -> str:
 route table the server mounts; tests/api/test_openapi.py fails when this file is stale. -->
 
 JSON over HTTP under `{API_PREFIX}`: trunks, campaigns, buyers with their endpoints and bid
-profiles, CDRs, DNC lists, consent records and GDPR erasure. The server publishes the same
+profiles, live calls (listed, and hung up by the operator), CDRs, DNC lists, consent records
+and GDPR erasure. The server publishes the same
 description as an OpenAPI 3.1 document at `/openapi.json` (and `{API_PREFIX}/openapi.json`);
 this page is rendered from that document.
 
@@ -384,9 +387,9 @@ Every route except the OpenAPI document needs a bearer token (RFC 6750):
 
 - **The admin token** (`DCE_ADMIN_TOKEN`) may call every route.
 - **A buyer key** may call the routes marked *buyer key* below, for its own buyer only: its
-  buyer, its endpoints and profiles, and the calls it took. Another buyer's objects answer
-  404, exactly as objects that do not exist; lists show only its own. The key is shown once,
-  in the answer to `POST {API_PREFIX}/buyers` (it is generated unless the body gives
+  buyer, its endpoints and profiles, the calls it took and its live calls. Another buyer's
+  objects answer 404, exactly as objects that do not exist; lists show only its own. The key
+  is shown once, in the answer to `POST {API_PREFIX}/buyers` (it is generated unless the body gives
   `api_key`); only its hash is stored. `api_key` in `PUT` or `PATCH
   {API_PREFIX}/buyers/{{buyer_id}}` replaces it, and the old key stops working at once.
 
@@ -623,6 +626,9 @@ def _operation(
             what = "[error](#errors)"
         else:
             what = _type(content["schema"])
+        others = [f"`{t}`" for t in resp.get("content", {}) if t != "application/json"]
+        if others:
+            what += ", or " + ", ".join(others)
         lines.append(f"| {status} | {_cell(what)} | {_cell(resp['description'])} |")
     lines.append("")
     return lines

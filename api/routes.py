@@ -50,3 +50,6 @@ class Route:
     status: int = 200
     query: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
+    # Other content types the success answer may have (a text body, e.g. "text/csv"),
+    # besides ``response`` as JSON.
+    alt_types: tuple[str, ...] = ()

@@ -59,6 +59,46 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def parse_advertise(value: str, key: str) -> tuple[str, int] | None:
+    """``"203.0.113.7"``, ``"sip.example.com:5080"``, ``"[2001:db8::7]:5060"`` or a bare
+    IPv6 address -> (host, port), port 0 when not given; None for ``""`` (unset)."""
+    text = value.strip()
+    if not text:
+        return None
+    port = ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(key, f"expected HOST, HOST:PORT or [IPv6]:PORT, got {value!r}")
+        port = rest[1:] if rest else ""
+        if rest and not port:
+            raise ConfigError(key, f"expected a port after ':', got {value!r}")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port:
+            raise ConfigError(key, f"expected a port after ':', got {value!r}")
+    else:
+        host = text  # a name, an IPv4 address or a bare IPv6 address
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(key, f"expected a port from 1 to 65535, got {value!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host or not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
+            message = f"expected an IP address or a host name, got {value!r}"
+            raise ConfigError(key, message) from None
+        return host.lower(), int(port or 0)
+    if address.is_unspecified:
+        raise ConfigError(key, f"a wildcard address cannot be reached; got {value!r}")
+    return str(address), int(port or 0)
+
+
 def parse_port_range(value: str, key: str) -> tuple[int, int]:
     lo, sep, hi = value.partition("-")
     if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
@@ -73,12 +113,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resolved settings. Times are seconds (float); addresses are (host, port)."""
 
     sip_listen: tuple[str, int] = ("127.0.0.1", 5060)
+    # The address written in SIP (Via, Contact, From): (host, port), port 0 for the listen
+    # port. None: the listen address, or with a wildcard listen the primary interface's
+    # address, found at start (dce/addresses.py).
+    sip_advertise: tuple[str, int] | None = None
     http_listen: tuple[str, int] = ("127.0.0.1", 8080)
+    # SDP's address and where RTP sockets bind. A wildcard (the default with a wildcard
+    # sip_listen) means the primary interface's address, found at start.
     media_ip: str = "127.0.0.1"
     rtp_ports: tuple[int, int] = (20000, 29999)
     database_url: str | None = None
     redis_url: str | None = None
     admin_token: str | None = None
+    # Key of the hashes that replace erased callers (hex, 16+ bytes); default: a random one
+    # made in DCE_DATA_DIR/erasure_secret. Instances sharing a database need the same one.
+    erasure_secret: str | None = None
     auction_timeout: float = 0.1
     ring_timeout: float = 30.0
     # No response at all from a buyer endpoint (not even 100 Trying) within this: fail over.
@@ -93,6 +142,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     media_timeout: float = 60.0
     max_calls: int = 5000
     log_level: str = "info"
+    # Logs: json (one object per line) or text (for a person at a terminal); caller and called
+    # numbers in the per-call line masked to their last 4 digits, or full (docs/operations.md).
+    log_format: str = "json"
+    log_numbers: str = "masked"
     data_dir: Path = Path("./var")
     media_mode: str = "relay"
     tls_cert: Path | None = None
@@ -133,6 +186,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_max_connections: int = 2048
     max_connections_per_source: int = 32
     connection_idle_timeout: float = 180.0
+    # SIP proxies in front of the switch (Kamailio's dispatcher, docs/cluster.md): IPs or
+    # networks whose requests name their real source in X-DCE-Source (switch/proxy.py).
+    trusted_proxies: tuple[str, ...] = ()
 
 
 _KEYS: tuple[str, ...] = Settings.__struct_fields__
@@ -205,6 +261,35 @@ def _fraction(raw: Any, key: str) -> float:
     return value
 
 
+def _networks(raw: Any, key: str) -> tuple[str, ...]:
+    """IP addresses or networks, as a TOML list or comma-separated (``"10.0.0.5, 10.1.0.0/24"``)."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(key, f"expected IP addresses or networks, got {text!r}") from exc
+    return tuple(out)
+
+
+def _hex_secret(raw: Any, key: str) -> str | None:
+    """A secret given as hex, at least 16 bytes (32 hex digits); None for ""."""
+    text = str(raw).strip().lower()
+    if not text:
+        return None
+    try:
+        size = len(bytes.fromhex(text))
+    except ValueError as exc:
+        raise ConfigError(key, "expected hex digits (e.g. from `openssl rand -hex 32`)") from exc
+    if size < 16:
+        raise ConfigError(key, f"expected at least 16 bytes (32 hex digits), got {size}")
+    return text
+
+
 def _nft_set(raw: Any, key: str) -> str | None:
     """``"FAMILY TABLE SET"`` (an nftables set), or None for ""."""
     text = " ".join(str(raw).split())
@@ -226,12 +311,16 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "rtp_ports": lambda raw, key: parse_port_range(str(raw), key),
     "max_calls": lambda raw, key: parse_int(raw, key, minimum=1),
     "log_level": _choice(*_LOG_LEVELS),
+    "log_format": _choice("json", "text"),
+    "log_numbers": _choice("masked", "full"),
     "media_mode": _choice("relay", "bypass"),
     "digest_algorithms": _digest_algorithms,
-    "media_ip": _ip,
+    "sip_advertise": lambda raw, key: parse_advertise(str(raw), key),
+    "media_ip": lambda raw, key: _ip(raw, key) if str(raw).strip() else None,
     "tls_cert": lambda raw, key: Path(str(raw)),
     "tls_key": lambda raw, key: Path(str(raw)),
     "stir_trust_dir": lambda raw, key: Path(str(raw)),
+    "erasure_secret": _hex_secret,
     "auth_fail_window": _positive_duration,
     "probe_timeout": _positive_duration,
     "probe_down_after": lambda raw, key: parse_int(raw, key, minimum=1),
@@ -241,6 +330,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "pike_ban": _positive_duration,
     "pike_nft_set": lambda raw, key: _nft_set(raw, key),
     "pike_nft_set6": lambda raw, key: _nft_set(raw, key),
+    "trusted_proxies": _networks,
 }
 _DEFAULTS = Settings()
 
@@ -277,10 +367,12 @@ def load_settings(
         raw = env.get("DCE_" + key.upper())
         if raw is not None:
             values[key] = _coerce(key, raw)
-    if "media_ip" not in values:
-        # DCE_MEDIA_IP defaults to the SIP listen address (unless that is a wildcard).
-        host = values.get("sip_listen", Settings().sip_listen)[0]
-        values["media_ip"] = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if values.get("media_ip") is None:
+        # DCE_MEDIA_IP (unset or "") defaults to the SIP listen address; a wildcard stands
+        # for the primary interface's address, found at start (dce/addresses.py).
+        values["media_ip"] = values.get("sip_listen", Settings().sip_listen)[0]
+    if values.get("sip_advertise", 0) is None:
+        del values["sip_advertise"]  # "" is unset
     if ("tls_cert" in values) != ("tls_key" in values):
         raise ConfigError("tls_cert", "DCE_TLS_CERT and DCE_TLS_KEY must be set together")
     return Settings(**values)

@@ -7,6 +7,11 @@ switch/guard.py (password-guessing blocks) and switch/limits.py (per-trunk limit
 exchange's trunk objects, rebuilds their indexes when trunks change, and writes the failed-
 authentication log lines (format in docs/sip.md, "Password guessing", for fail2ban).
 
+Behind a trusted proxy (DCE_TRUSTED_PROXIES, switch/proxy.py) every decision by address uses
+the source the proxy names, never the proxy's own address: admission by source IP, the
+password guard's counts and blocks, the failed-authentication log lines, and the trust a
+digest success gives the rate limiter. Stateless answers still go back to the proxy.
+
 The pump asks :meth:`TrunkAdmitter.drops` about every message before it is parsed, so a blocked
 source's INVITEs cost a dict lookup; it reports calls starting and ending
 (:meth:`~TrunkAdmitter.call_started`, :meth:`~TrunkAdmitter.call_ended`,
@@ -34,6 +39,7 @@ from switch.limits import TrunkLimit, TrunkLimiter
 from switch.message import SipRequest
 from switch.outside import AdmitResult
 from switch.peer import Peer
+from switch.proxy import ProxyTrust
 from switch.stateless import answer, has_credentials
 from switch.uri import SipUri
 
@@ -71,8 +77,11 @@ class TrunkAdmitter:
         algorithms: tuple[str, ...],
         *,
         guard: GuardConfig | None = None,
+        proxies: ProxyTrust | None = None,
     ) -> None:
         self.auth = DigestAuthenticator(REALM, secret, algorithms=algorithms)
+        # Proxies whose requests name their real source (switch/proxy.py).
+        self.proxies = proxies if proxies is not None else ProxyTrust()
         self.admission: Admission[Any] = Admission(())
         self.guard = AuthGuard(guard)
         self.limiter = TrunkLimiter()
@@ -94,8 +103,10 @@ class TrunkAdmitter:
 
     def trusted(self, host: str) -> bool:
         """Never rate-limited nor capped (switch/pike.py): a trunk's source address or network,
-        or the host of a buyer endpoint (its responses and BYEs are our calls' traffic)."""
-        return host in self._buyer_hosts or self.admission.match_source(host) is not None
+        the host of a buyer endpoint (its responses and BYEs are our calls' traffic), or a
+        trusted proxy (its packets count against the sources they name)."""
+        return (host in self._buyer_hosts or self.admission.match_source(host) is not None
+                or self.proxies.trusts(host))
 
     def ws_token(self, request: web.Request) -> str | None:
         """WebSocket upgrade check: no token -> "" (digest decides), known -> trunk, else None."""
@@ -117,14 +128,15 @@ class TrunkAdmitter:
             return False
         if not data.startswith(b"INVITE ") or _has_to_tag(data):
             return False  # other requests need no authentication; responses pass
-        if not guard.source_blocked(peer.host, now):
+        host = self.proxies.identity(data, peer.host)
+        if not guard.source_blocked(host, now):
             return False
         if peer.transport in _WS:
             if self.ws_trunk(peer):
                 return False  # a token-bound browser connection is admitted without digest
-        elif self.admission.match_source(peer.host) is not None:
+        elif self.admission.match_source(host) is not None:
             return False  # admitted by address (a trunk added since the block)
-        return not guard.answer_blocked(peer.host, now)
+        return not guard.answer_blocked(host, now)
 
     def refusal(self, data: bytes, peer: Peer, now: float) -> tuple[int, bytes] | None:
         """(status, bytes) of a stateless answer for an initial INVITE from a source no trunk
@@ -134,16 +146,18 @@ class TrunkAdmitter:
         if not data.startswith(b"INVITE ") or peer.transport in _WS:
             return None
         admission = self.admission
-        if admission.match_source(peer.host) is not None:
+        host = self.proxies.identity(data, peer.host)
+        if admission.match_source(host) is not None:
             return None
         if not admission.needs_digest():
             status, reason = 403, "Forbidden"
             headers = [("Reason", reason_header(403, "unknown_source")[1])]
         else:
-            if self.guard.source_blocked(peer.host, now) or has_credentials(data):
+            if self.guard.source_blocked(host, now) or has_credentials(data):
                 return None
             status, reason = 401, "Unauthorized"
             headers = [("WWW-Authenticate", value) for value in self.auth.challenge(now)]
+        # To the hop it came from (behind a proxy: the proxy, which relays it).
         response = answer(data, peer, status, reason, headers, self._tag_key)
         return None if response is None else (status, response)
 
@@ -155,8 +169,11 @@ class TrunkAdmitter:
             trunk_id = self.ws_trunk(peer)
             if trunk_id:
                 return AdmitResult(trunk_id=trunk_id, limit=self.limiter.admit(trunk_id, now))
+        # Behind a trusted proxy, the source it names; otherwise ``peer`` itself.
+        source = self.proxies.source_of(req, peer) if not ws else peer
+        named = source if source is not peer else None
         result = self.admission.admit(
-            peer.host,
+            source.host,
             req.headers.get("authorization") or req.headers.get("proxy-authorization"),
             req.method,
             now,
@@ -168,12 +185,13 @@ class TrunkAdmitter:
         if isinstance(result, Admitted):
             trunk_id = result.trunk.id
             if result.via == "digest":
-                self.guard.succeeded(peer.host, result.trunk.username, now)
-                self.proven(peer.host, now)
-            return AdmitResult(trunk_id=trunk_id, limit=self.limiter.admit(trunk_id, now))
+                self.guard.succeeded(source.host, result.trunk.username, now)
+                self.proven(source.host, now)
+            return AdmitResult(trunk_id=trunk_id, limit=self.limiter.admit(trunk_id, now),
+                               source=named)
         if isinstance(result, Challenge):
             return AdmitResult(trunk_id=None, challenge=list(result.headers))
-        self._refused(result, peer, now)
+        self._refused(result, source, now)
         return AdmitResult(trunk_id=None, reason=result.text)
 
     def _refused(self, result: Forbidden, peer: Peer, now: float) -> None:

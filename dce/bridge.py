@@ -1,7 +1,11 @@
 """Between the switch core and the business: decide each call, settle it, build its CDR.
 
-``route()`` answers the core's ``RouteCall``: the compliance gate first (403 with the failed
-rule), then the exchange's auction (480 when no buyer is eligible, else the ordered targets).
+``route()`` answers the core's ``RouteCall``. A called number that no campaign and no buyer
+profile names gets 404 ``no_campaign`` and one of an inactive campaign 480
+``campaign_inactive``, before any rule runs: the gate's rules are the campaign's, and a call
+with none must not be told it broke one. Otherwise the compliance gate first (403 with the
+failed rule), then the exchange's auction (480 when no buyer is eligible, else the ordered
+targets).
 What the decision knew (compliance rules, fraud score, attestation, caller state, campaign,
 auction record, decision time) is kept per call until ``ended()`` joins it with the core's
 :class:`switch.record.CallRecord`, the settlement (price, payout, billable) and the media
@@ -22,7 +26,8 @@ from compliance.check import Gate
 from compliance.numbers import normalize
 from compliance.policy import CompliancePolicy
 from dce.journal import Up
-from exchange.engine import Exchange
+from exchange.auction_index import AuctionIndex
+from exchange.engine import CAMPAIGN_INACTIVE, Exchange
 from exchange.models import Campaign, ExchangeConfig
 from exchange.routing import CallFacts, Target
 from store.cdr import Cdr, Disposition
@@ -33,6 +38,7 @@ from switch.record import CallRecord, Outcome
 logger = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = CompliancePolicy()
+NO_CAMPAIGN = "no_campaign"  # the SIP Reason and CDR rule of a number no campaign owns
 
 
 @dataclass(slots=True)
@@ -56,14 +62,23 @@ class CallBridge:
         self.gate = gate
         self.exchange = exchange
         self._campaigns: dict[str, Campaign] = {}
+        self._inactive: dict[str, str] = {}  # an inactive campaign's number -> its id
+        self._known: set[str] = set()  # numbers a campaign or a buyer profile names
         self._decisions: dict[str, Decision] = {}
         self.update(config)
 
-    def update(self, config: ExchangeConfig) -> None:
-        """New config from the next call on (the exchange keeps its own compiled copy)."""
+    def update(self, config: ExchangeConfig, compiled: AuctionIndex | None = None) -> None:
+        """New config from the next call on (the exchange keeps its own compiled copy;
+        ``compiled`` is ``exchange.compile(config)`` if the caller did it already)."""
         campaigns = {n: c for c in config.campaigns if c.active for n in c.numbers}
-        self.exchange.update(config)  # compiles first; raises and keeps the old one if invalid
+        inactive = {n: c.id for c in config.campaigns if not c.active for n in c.numbers}
+        # A buyer profile may buy numbers of its own without a campaign (docs/settings.md).
+        profiled = {n for b in config.buyers for p in b.profiles for n in p.numbers}
+        # Compiles first (unless given); raises and keeps the old one if invalid.
+        self.exchange.update(config, compiled)
         self._campaigns = campaigns
+        self._inactive = {n: c for n, c in inactive.items() if n not in campaigns}
+        self._known = campaigns.keys() | inactive | profiled
 
     async def route(self, effect: RouteCall, received_at: datetime) -> RouteResult:
         """Decide one call: the gate, then the auction."""
@@ -77,6 +92,10 @@ class CallBridge:
             received_at=received_at,
         )
         decision = self._decisions[effect.call_id] = Decision(facts=facts)
+        refused = self._unowned(facts.called, decision)
+        if refused is not None:
+            decision.decision_us = (time.perf_counter_ns() - t0) // 1000
+            return refused
         campaign = self._campaigns.get(facts.called)
         policy = campaign.compliance if campaign is not None else _DEFAULT_POLICY
         verdict = self.gate.check(
@@ -112,6 +131,31 @@ class CallBridge:
             )
         decision.targets = routed.targets
         return Routed(targets=[t.uri for t in routed.targets], present_as=facts.caller)
+
+    def _unowned(self, called: str, decision: Decision) -> Rejected | None:
+        """404 for a number nobody owns, 480 for an inactive campaign's; None to go on."""
+        if called not in self._known:
+            decision.disposition = Disposition.NO_CAMPAIGN
+            return Rejected(status=404, reason="Not Found", rule=NO_CAMPAIGN)
+        if called in self._inactive:
+            decision.campaign_id = self._inactive[called]
+            decision.disposition = Disposition.NO_BUYER
+            return Rejected(status=480, reason="Temporarily Unavailable", rule=CAMPAIGN_INACTIVE)
+        return None
+
+    def live(self, call_id: str, target_index: int | None) -> dict[str, Any]:
+        """What routing knows of a live call, for the live-calls view (dce/livecalls.py):
+        the numbers as the CDR will hold them, the campaign, and the buyer of attempt
+        ``target_index``. Empty before routing started."""
+        decision = self._decisions.get(call_id)
+        if decision is None:
+            return {}
+        buyer = None
+        if target_index is not None and target_index < len(decision.targets):
+            buyer = decision.targets[target_index].buyer_id
+        facts = decision.facts
+        return {"caller": facts.caller, "called": facts.called,
+                "campaign_id": decision.campaign_id, "buyer_id": buyer}
 
     def failed(self, call_id: str, status: int, rule: str) -> Rejected:
         """Routing raised (our bug, or a store down): the call fails with ``status``."""

@@ -13,15 +13,18 @@ from typing import TextIO
 import msgspec
 
 from config.errors import ConfigError
-from config.settings import load_settings, read_config_file
+from config.settings import Settings, load_settings, read_config_file
 
 logger = logging.getLogger("dce")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from dce import __version__
+
     p = argparse.ArgumentParser(
         prog="dce", description="Dependable Call Exchange: SIP switch with a pay-per-call exchange."
     )
+    p.add_argument("--version", action="version", version=f"dce {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -35,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     dnc = sub.add_parser(
         "dnc",
         help="do-not-call lists",
-        description="Manage do-not-call lists "
-        "kept under DCE_DATA_DIR/dnc; a running switch picks changes up.",
+        description="Manage do-not-call lists, kept in the database: every switch "
+        "instance on it uses a change within a second.",
     )
     dnc_sub = dnc.add_subparsers(dest="dnc_command", metavar="COMMAND")
     imp = dnc_sub.add_parser(
@@ -91,6 +94,30 @@ def _parser() -> argparse.ArgumentParser:
         "file, without secrets (API keys, trunk digest credentials).",
     )
     export.add_argument("--config", type=Path, help="TOML file (for the settings)")
+
+    # The running switch, through its HTTP side (dce/control.py).
+    reach = ("Talks to the running switch at DCE_HTTP_LISTEN with DCE_ADMIN_TOKEN or "
+             "DCE_DATA_DIR/admin_token (from the environment or --config FILE). Exit status 3 "
+             "when no switch answers.")
+    status = sub.add_parser("status", help="is the switch up, how many live calls",
+                            description="What the running switch's /healthz says. Exit status "
+                            "0 healthy, 1 unhealthy, 3 not running. " + reach)
+    status.add_argument("--config", type=Path, help="TOML file (for the settings)")
+    calls = sub.add_parser("calls", help="list the live calls",
+                           description="The calls in progress, oldest first: state, age, talk "
+                           "time, trunk, numbers, campaign, buyer, RTP packets each way. "
+                           + reach)
+    calls.add_argument("--config", type=Path, help="TOML file (for the settings)")
+    calls.add_argument("--json", action="store_true", help="print the API's JSON instead")
+    calls.add_argument("--trunk", help="only this trunk's calls")
+    calls.add_argument("--campaign", help="only this campaign's calls")
+    calls.add_argument("--buyer", help="only this buyer's calls")
+    hangup = sub.add_parser("hangup", help="hang up a live call",
+                            description="End a call in progress: BYE to both legs (before the "
+                            "answer the caller gets 480 operator_hangup). Its CDR says "
+                            "hangup_side operator. " + reach)
+    hangup.add_argument("call_id", metavar="CALL_ID", help="the call id `dce calls` shows")
+    hangup.add_argument("--config", type=Path, help="TOML file (for the settings)")
     return p
 
 
@@ -114,15 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_command == "export":
             return export_command(args.config)
         parser.parse_args(["config", "--help"])
+    if args.command in ("status", "calls", "hangup"):
+        from dce import control
+
+        if args.command == "status":
+            return control.status_command(args.config)
+        if args.command == "calls":
+            filters = {"trunk_id": args.trunk, "campaign_id": args.campaign,
+                       "buyer_id": args.buyer}
+            return control.calls_command(args.config, as_json=args.json, filters=filters)
+        return control.hangup_command(args.config, args.call_id)
     return 2  # pragma: no cover
 
 
 def _dnc_import(args: argparse.Namespace) -> int:
-    """``dce dnc import``: stream the file into a list and save it under DCE_DATA_DIR/dnc."""
+    """``dce dnc import``: stream the file into a list stored in the database (dce/dncimport.py)."""
     from datetime import UTC, datetime
 
-    from compliance.dnc import DncStore
     from compliance.errors import ComplianceError
+    from dce.configsync import CommandFailed
+    from dce.dncimport import import_list
 
     try:
         settings = load_settings(read_config_file(args.config) if args.config else {})
@@ -136,32 +174,48 @@ def _dnc_import(args: argparse.Namespace) -> int:
         return 2
     if loaded_at.tzinfo is None:
         loaded_at = loaded_at.replace(tzinfo=UTC)
-    directory = settings.data_dir / "dnc"
-    store = DncStore.load(directory) if directory.is_dir() else DncStore()
     bar = _ProgressBar(sys.stderr)
     try:
-        report = store.import_file(
-            args.list_name,
-            args.file,
-            source=args.source,
-            loaded_at=loaded_at,
-            merge=args.merge,
-            progress=bar,
-        )
-        store.save(directory, args.list_name)
-    except FileNotFoundError:
-        print(f"dce: {args.file}: no such file", file=sys.stderr)
-        return 2
+        report, where = asyncio.run(import_list(
+            settings, args.file, name=args.list_name, source=args.source, loaded_at=loaded_at,
+            merge=args.merge, progress=bar,
+        ))  # fmt: skip
+    except CommandFailed as exc:
+        bar.done()
+        print(f"dce: {exc}", file=sys.stderr)
+        return exc.status
     except ComplianceError as exc:
+        bar.done()
         print(f"dce: {exc}", file=sys.stderr)
         return 2
     bar.done()
     print(
         f"list {args.list_name}: read {report.read}, imported {report.imported}, "
         f"rejected {report.rejected}, duplicates {report.duplicates}, "
-        f"now {report.total} numbers (saved in {directory})"
+        f"now {report.total} numbers ({where})"
     )
+    _dnc_users(settings, args.list_name)
     return 0
+
+
+def _dnc_users(settings: Settings, name: str) -> None:
+    """Say which campaigns use the list, or warn that none does: such a list blocks no call
+    (a misspelt name, or a campaign still to be pointed at it). The stored campaigns are read
+    as ``dce config export`` reads them: through the running switch, else the database."""
+    from api.dnc import unused_warning
+    from dce.configsync import CommandFailed, stored_config
+
+    try:
+        campaigns = asyncio.run(stored_config(settings)).campaigns
+    except CommandFailed as exc:
+        print(f"dce: note: could not check which campaigns use {name!r}: {exc}",
+              file=sys.stderr)
+        return
+    users = sorted(c.id for c in campaigns if name in c.compliance.dnc_lists)
+    if users:
+        print(f"used by campaign{'s' if len(users) > 1 else ''} {', '.join(users)}")
+    else:
+        print(f"dce: warning: {unused_warning(name)}", file=sys.stderr)
 
 
 class _ProgressBar:
@@ -207,7 +261,7 @@ def _run(config_path: Path | None) -> int:
     except msgspec.ValidationError as exc:
         print(f"dce: config error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     import uvloop
 
     try:
@@ -218,6 +272,7 @@ def _run(config_path: Path | None) -> int:
 
 async def _serve(settings: object, exchange: object, config_path: Path | None = None) -> int:
     from dce.server import Switch
+    from dce.sync import SecretMismatch
 
     switch = Switch(settings, exchange, config_path)  # type: ignore[arg-type]
     stop = asyncio.Event()
@@ -226,7 +281,7 @@ async def _serve(settings: object, exchange: object, config_path: Path | None = 
         loop.add_signal_handler(sig, stop.set)
     try:
         await switch.start()
-    except OSError as exc:
+    except (OSError, SecretMismatch) as exc:  # the message says what to fix
         logger.error("startup failed: %s", exc)
         await switch.stop()
         return 1

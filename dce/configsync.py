@@ -45,11 +45,16 @@ from store.database import Store
 from store.errors import EmbeddedPostgresError
 
 __all__ = [
+    "CommandFailed",
+    "SwitchClient",
     "apply_command",
     "differs_line",
     "export_command",
+    "load_settings_file",
     "render_diff",
+    "run_command",
     "seed_or_compare",
+    "stored_config",
     "to_toml",
 ]
 
@@ -220,16 +225,17 @@ def to_toml(cfg: ExchangeConfig) -> str:
 # Reaching the database: through a running switch, or directly
 
 
-class _Fail(Exception):
-    """A command failed: print ``message``, exit with ``status``."""
+class CommandFailed(Exception):
+    """A command failed: ``run_command`` prints ``message`` and exits with ``status``."""
 
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
 
 
-class _Switch:
-    """The admin API of the switch these settings describe."""
+class SwitchClient:
+    """The admin API of the switch these settings describe (also ``dce status``, ``calls``
+    and ``hangup``: dce/control.py)."""
 
     def __init__(self, settings: Settings) -> None:
         host, port = settings.http_listen
@@ -252,11 +258,13 @@ class _Switch:
             async with http.get(self.url + "/healthz", ssl=self.ssl, timeout=_PROBE):
                 return True
         except aiohttp.ClientSSLError as exc:  # a ClientConnectorError, but something answered
-            raise _Fail(f"TLS with the switch at {self.url} failed: {exc}") from exc
+            raise CommandFailed(f"TLS with the switch at {self.url} failed: {exc}") from exc
         except aiohttp.ClientConnectorError:
             return False
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Fail(f"the switch at {self.url} does not answer properly: {exc}") from exc
+            raise CommandFailed(
+                f"the switch at {self.url} does not answer properly: {exc}"
+            ) from exc
 
     def token(self) -> str:
         if self.settings.admin_token:
@@ -265,35 +273,56 @@ class _Switch:
         try:
             return path.read_text().strip()
         except OSError as exc:
-            raise _Fail(
+            raise CommandFailed(
                 f"a switch runs at {self.url} but there is no admin token: set "
                 f"DCE_ADMIN_TOKEN or make {path} readable ({exc.strerror})"
             ) from exc
 
+    async def health(self, http: aiohttp.ClientSession) -> tuple[int, dict[str, Any]] | None:
+        """(status, body) of ``/healthz``; None when nothing listens there."""
+        if not await self.running(http):
+            return None
+        try:
+            async with http.get(self.url + "/healthz", ssl=self.ssl, timeout=_PROBE) as r:
+                return r.status, json.loads(await r.read())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise CommandFailed(
+                f"the switch at {self.url} does not answer properly: {exc}"
+            ) from exc
+
     async def call(
-        self, http: aiohttp.ClientSession, method: str, query: str = "", body: bytes | None = None
+        self,
+        http: aiohttp.ClientSession,
+        method: str,
+        query: str = "",
+        body: bytes | None = None,
+        path: str = _API,
     ) -> bytes:
+        """``method`` on ``path`` of the admin API; the body of a 2xx, else CommandFailed
+        with the API's error (exit status 2 for a 422)."""
         headers = {"Authorization": f"Bearer {self.token()}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        url = f"{self.url}{_API}{query}"
+        url = f"{self.url}{path}{query}"
         try:
             async with http.request(method, url, data=body, headers=headers, ssl=self.ssl) as r:
                 raw = await r.read()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Fail(f"{method} {url}: {exc}") from exc
-        if status == 200:
+            raise CommandFailed(f"{method} {url}: {exc}") from exc
+        if 200 <= status < 300:
             return raw
         try:
             err = json.loads(raw)
         except ValueError:
             err = {"error": raw[:200].decode(errors="replace"), "detail": None}
         if status == 401:
-            raise _Fail(f"the switch at {self.url} refused the admin token")
+            raise CommandFailed(f"the switch at {self.url} refused the admin token")
         if status == 404 and err.get("detail") is None:
-            raise _Fail(f"the server at {self.url} has no {_API}: is it a dce switch this old?")
-        raise _Fail(_error_text(err), 2 if status == 422 else 1)
+            raise CommandFailed(
+                f"the server at {self.url} has no {path}: is it a dce switch this old?"
+            )
+        raise CommandFailed(_error_text(err), 2 if status == 422 else 1)
 
 
 def _error_text(err: dict[str, Any]) -> str:
@@ -313,12 +342,14 @@ async def _with_store(
         from store.embedded import EmbeddedPostgres
 
         if not create and not (settings.data_dir / "pg").is_dir():
-            raise _Fail(f"no database in {settings.data_dir / 'pg'}: dce run has not run there")
+            raise CommandFailed(
+                f"no database in {settings.data_dir / 'pg'}: dce run has not run there"
+            )
         embedded = EmbeddedPostgres(settings.data_dir)
         try:
             dsn = await embedded.start()
         except EmbeddedPostgresError as exc:
-            raise _Fail(
+            raise CommandFailed(
                 f"{exc}. Its admin API did not answer at DCE_HTTP_LISTEN; give the settings "
                 "that switch runs with"
             ) from exc
@@ -337,19 +368,25 @@ async def _with_store(
 # The commands
 
 
+def load_settings_file(path: Path | None) -> Settings:
+    """The settings as ``dce run`` resolves them (FILE, then DCE_* variables)."""
+    return _load(path, objects=False)[0]
+
+
 def _load(path: Path | None, *, objects: bool) -> tuple[Settings, ExchangeConfig]:
     try:
         values = read_config_file(path) if path is not None else {}
         settings = load_settings(values)
         return settings, config_from_file(values) if objects else ExchangeConfig()
     except (ConfigError, msgspec.ValidationError) as exc:
-        raise _Fail(f"config error: {exc}", 2) from exc
+        raise CommandFailed(f"config error: {exc}", 2) from exc
 
 
-def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+def run_command(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's coroutine; a CommandFailed is printed as ``dce: ...`` (its status)."""
     try:
         return asyncio.run(main())
-    except _Fail as exc:
+    except CommandFailed as exc:
         print(f"dce: {exc}", file=sys.stderr)
         return exc.status
 
@@ -360,7 +397,7 @@ def apply_command(path: Path, *, dry_run: bool, prune: bool, out: TextIO | None 
 
     async def main() -> int:
         settings, cfg = _load(path, objects=True)
-        switch = _Switch(settings)
+        switch = SwitchClient(settings)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             if await switch.running(http):
@@ -378,7 +415,8 @@ def apply_command(path: Path, *, dry_run: bool, prune: bool, out: TextIO | None 
                         )  # fmt: skip
                     except ApiError as exc:
                         detail = {"error": exc.error, "detail": exc.detail}
-                        raise _Fail(_error_text(detail), 2 if exc.status == 422 else 1) from exc
+                        status = 2 if exc.status == 422 else 1
+                        raise CommandFailed(_error_text(detail), status) from exc
 
                 diff = await _with_store(settings, work, create=True)
                 via = f"to the database directly (no switch answered at {switch.url})"
@@ -395,7 +433,7 @@ def apply_command(path: Path, *, dry_run: bool, prune: bool, out: TextIO | None 
             print(f"applied {via}: {_counts(diff, future=False)}{kept}", file=stream)
         return 0
 
-    return _run(main)
+    return run_command(main)
 
 
 def export_command(path: Path | None, out: TextIO | None = None) -> int:
@@ -404,18 +442,22 @@ def export_command(path: Path | None, out: TextIO | None = None) -> int:
 
     async def main() -> int:
         settings, _ = _load(path, objects=False)
-        switch = _Switch(settings)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            if await switch.running(http):
-                cfg = msgspec.json.decode(await switch.call(http, "GET"), type=ExchangeConfig)
-            else:
-
-                async def work(store: Store) -> ExchangeConfig:
-                    return await store.exchange.read_config()
-
-                cfg = await _with_store(settings, work, create=False)
-        stream.write(to_toml(cfg))
+        stream.write(to_toml(await stored_config(settings)))
         return 0
 
-    return _run(main)
+    return run_command(main)
+
+
+async def stored_config(settings: Settings) -> ExchangeConfig:
+    """The stored trunks, campaigns and buyers (secrets left out): through the running
+    switch, else from the database (CommandFailed when there is none yet)."""
+    switch = SwitchClient(settings)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        if await switch.running(http):
+            return msgspec.json.decode(await switch.call(http, "GET"), type=ExchangeConfig)
+
+    async def work(store: Store) -> ExchangeConfig:
+        return await store.exchange.read_config()
+
+    return await _with_store(settings, work, create=False)
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from dce.admit import TrunkAdmitter
+from dce.aggregates import LiveStats
 from dce.bridge import CallBridge
 from dce.eager import start_eager
 from dce.journal import Confirmed, End, Journal, Start, safe_start, safe_up
+from dce.logs import CallLines
+from dce.metrics import CallMetrics
 from media.anchor import MediaManager
 from media.errors import MediaError
 from store.cdr import Cdr
@@ -67,6 +71,7 @@ class SipPump:
         # Drops a blocked source's INVITEs unparsed and counts each trunk's live calls.
         self.admitter: TrunkAdmitter | None = None
         self.journal: Journal | None = None  # crash recovery (dce/journal.py)
+        self.stats: LiveStats | None = None  # the dashboard's last hour (dce/aggregates.py)
         # Buyer endpoint health (dce/endpoint_health.py Prober): takes ProbeAnswered.
         self.prober: ProbeSink | None = None
         self.udp: UdpTransport | None = None
@@ -75,7 +80,13 @@ class SipPump:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # per-call work that had to wait
+        # Routing starts eagerly unless it uses Redis caps: redis-py's connection pool enters
+        # asyncio.timeout(), which needs a running Task, before its first await.
+        self.route_eagerly = True
         self.rx_bytes = 0
+        # Each ended call: counted for /metrics and logged in one line (docs/operations.md).
+        self.call_metrics = CallMetrics()
+        self.call_lines = CallLines()
 
     # ------------------------------------------------------------------ inputs
 
@@ -116,6 +127,8 @@ class SipPump:
                 case RouteCall():
                     if self.admitter is not None:
                         self.admitter.call_started(effect.call_id, effect.trunk_id)
+                    if self.stats is not None:
+                        self.stats.routed(effect.call_id, time.time())
                     if journal is not None:
                         journal.append(
                             safe_start(Start(
@@ -128,7 +141,7 @@ class SipPump:
                             ))
                         )
                     # Most decisions never wait (no RTB, in-process caps): no Task for those.
-                    self._start(self._route(effect))
+                    self._start(self._route(effect), eager=self.route_eagerly)
                 case OpenMedia():
                     self._start(self._open_media(effect))
                 case CallEnded():
@@ -141,6 +154,9 @@ class SipPump:
                         up = self.bridge.answered(effect, self.wall)
                         if up is not None and journal is not None:
                             journal.append(safe_up(up))
+                        if up is not None and self.stats is not None:
+                            self.stats.connected(effect.call_id, up.cdr.buyer_id,
+                                                 up.cdr.campaign_id)  # fmt: skip
                 case CallConfirmed():
                     if journal is not None:
                         journal.append(Confirmed(call_id=effect.call_id))
@@ -187,8 +203,8 @@ class SipPump:
         self.core.handle_timer(self.loop.time())
         self.transmit()
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = start_eager(self.loop, coro)
+    def _start(self, coro: Coroutine[Any, Any, None], eager: bool = True) -> None:
+        task = start_eager(self.loop, coro) if eager else self.loop.create_task(coro)
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -239,6 +255,10 @@ class SipPump:
         if self.journal is not None:
             self.journal.append(End(cdr=cdr))
         self.submit_cdr(cdr)
+        if self.stats is not None:
+            self.stats.ended(cdr)
+        self.call_metrics.ended(record, cdr)
+        self.call_lines.ended(record, cdr)
 
     async def wait_tasks(self, timeout: float) -> None:
         if self._tasks:

@@ -3,9 +3,10 @@
 ``Switch.start()`` opens the database (embedded or DCE_DATABASE_URL), applies migrations, seeds
 it with the config file's trunks/campaigns/buyers the first time only (later it loads what is
 stored and says if the file differs: dce/configsync.py), builds the routing bridge (compliance
-gate and exchange), then listens for SIP (UDP and TCP) and HTTP. The SIP side is the sans-IO
-core fed by its pump (dce/pump.py). ``stop()`` drains: no new calls, BYE for live ones, CDRs
-flushed, the embedded database stopped.
+gate and exchange), loads the shared compliance data and follows every change other instances
+on the same database make (dce/sync.py), then listens for SIP (UDP and TCP) and HTTP. The SIP
+side is the sans-IO core fed by its pump (dce/pump.py). ``stop()`` drains: no new calls, BYE for
+live ones, CDRs flushed, the embedded database stopped.
 """
 
 from __future__ import annotations
@@ -24,24 +25,31 @@ from typing import Any
 from aiohttp import web
 
 from api.app import mount_api
+from api.auth import Authenticator
 from compliance.check import Gate
-from compliance.consent import ConsentStore
-from compliance.dnc import DncStore
 from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
+from dce import __version__
+from dce.addresses import advertised
 from dce.admit import TrunkAdmitter, guard_config
+from dce.aggregates import LiveStats
 from dce.bridge import CallBridge
 from dce.configsync import seed_or_compare
+from dce.dashboard import Dashboard
 from dce.endpoint_health import HealthTracker, ProbeConfig, Prober
 from dce.health import DatabaseProbe, health
 from dce.journal import Beat, Journal
+from dce.livecalls import LiveCalls
 from dce.load import TICK, LoadGate, udp_rx_queue
+from dce.logs import CallLines
 from dce.metrics import GcPauses
 from dce.phone import add_phone_routes
 from dce.pump import SipPump
 from dce.shield import Shield
+from dce.sync import SharedState, check_erasure_secret
+from exchange.auction_index import AuctionIndex
 from exchange.engine import Exchange
 from exchange.models import ExchangeConfig
 from media.anchor import MediaManager
@@ -50,6 +58,7 @@ from store.database import Store
 from store.writer import CdrWriter
 from switch.context import CoreConfig
 from switch.core import SwitchCore
+from switch.proxy import ProxyTrust
 from switch.timers import TimerConfig
 from switch.transport import TcpHub, UdpTransport
 from switch.websocket import WsHub
@@ -79,23 +88,27 @@ class Switch:
         self.cdr_writer: Any = None
         self.db_probe: DatabaseProbe | None = None  # /healthz's cached database check
         self.router: Exchange | None = None
+        self.sync: SharedState | None = None  # shared state (dce/sync.py), from start()
+        self._exchange_version = -1
         self.bridge: CallBridge | None = None
         self.journal: Journal | None = None
         self.load = LoadGate(target_cpu=settings.overload_cpu, max_lag=settings.overload_lag)
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms,
-                                      guard=guard_config(settings))
+                                      guard=guard_config(settings),
+                                      proxies=ProxyTrust(settings.trusted_proxies))
+        # What peers are told (SIP Via/Contact, SDP): not a wildcard listen address.
+        self.addresses = advertised(settings)
         self.media = MediaManager(
             mode=settings.media_mode,
-            media_ip=settings.media_ip,
+            media_ip=self.addresses.media_ip,
             ports=settings.rtp_ports,
             rng=self.rng,
         )
-        host, port = settings.sip_listen
         self.core = SwitchCore(
             CoreConfig(
-                host=host,
-                port=port,
+                host=self.addresses.sip_host,
+                port=self.addresses.sip_port,
                 ring_timeout=settings.ring_timeout,
                 trying_timeout=settings.trying_timeout,
                 max_calls=settings.max_calls,
@@ -107,6 +120,11 @@ class Switch:
         )
         self.pump = SipPump(self.loop, self.core, self.media, self._submit_cdr)
         self.pump.admitter = self.admitter
+        self.pump.route_eagerly = settings.redis_url is None  # see SipPump.route_eagerly
+        # The dashboard's last hour (dce/aggregates.py), fed by the pump from the first call.
+        self.stats = LiveStats(time.time())
+        self.pump.stats = self.stats
+        self.pump.call_lines = CallLines(full_numbers=settings.log_numbers == "full")
         # Buyer endpoint health: OPTIONS probes; routing skips endpoints that are down.
         probes = ProbeConfig(interval=settings.probe_interval, timeout=settings.probe_timeout,
                              down_after=settings.probe_down_after,
@@ -137,10 +155,10 @@ class Switch:
         self.prober.router = self.router
         self.prober.set_config(self.config)
         self.pump.bridge = self.bridge
-        # Consent records and erasure suppressions live in the database (admin API).
-        await load_compliance(self.store, self.bridge.gate, self._secret("erasure_secret"))
+        # Consent, erasure suppressions and DNC lists live in the database, shared with any
+        # other instance on it; dce/sync.py loads them now and keeps them in step.
+        await self._start_sync()
         self.media.start_watchdog(s.media_timeout, self.pump.media_timeout)
-        self._background.append(self.loop.create_task(self._watch_dnc()))
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
         pump = self.pump
@@ -172,11 +190,15 @@ class Switch:
         self.started = True
         print(f"SIP  udp {host}:{port}", flush=True)
         print(f"SIP  tcp {host}:{port}", flush=True)
+        for note in self.addresses.notes:  # addresses picked for a wildcard listen
+            print(note, flush=True)
+            logger.info(note.replace("  ", " ", 1))
         scheme = "https" if s.tls_cert is not None else "http"
         print(f"HTTP {scheme}://{s.http_listen[0]}:{s.http_listen[1]} (/api/v1, /healthz, "
-              "/metrics, /sip, /phone)", flush=True)
+              "/metrics, /sip, /phone, /dashboard)", flush=True)
         print(
-            f"RTP  {s.media_ip} ports {s.rtp_ports[0]}-{s.rtp_ports[1]} ({s.media_mode})",
+            f"RTP  {self.media.media_ip} ports {s.rtp_ports[0]}-{s.rtp_ports[1]} "
+            f"({s.media_mode})",
             flush=True,
         )
         print(f"DB   {self.db_kind}", flush=True)
@@ -202,6 +224,8 @@ class Switch:
         for task in self._background:
             task.cancel()
         await self.pump.wait_tasks(timeout=2.0)
+        if self.sync is not None:
+            await self.sync.stop()
         if self.router is not None:
             # Flushes pending cap releases (Redis) and closes the RTB HTTP session.
             await self.router.aclose()
@@ -221,6 +245,8 @@ class Switch:
         recovery, paths = journal.recover()
         journal.open()
         self.pump.journal = journal
+        if self.cdr_writer is not None:
+            self.cdr_writer.on_durable = journal.durable
         if not paths:
             return []
         self.core.hang_up_dialogs(
@@ -305,6 +331,8 @@ class Switch:
         await self.store.connect(dsn)
         await self.store.migrate()
         await self.store.ensure_partitions(datetime.now(UTC))
+        # Read before the config: a change committed in between is simply loaded again.
+        self._exchange_version = (await self.store.versions())["exchange"][0]
         # The file seeds the database once; after that the database wins (dce/configsync.py).
         self.config = await seed_or_compare(self.store, self.config, self.config_path)
         self.admitter.update(self.config)
@@ -317,41 +345,38 @@ class Switch:
         )
 
     def _build_gate(self) -> Gate:
-        """The compliance gate with its data: DNC lists saved under DCE_DATA_DIR/dnc, the STIR
-        trust store (DCE_STIR_TRUST_DIR), the erasure suppression list."""
+        """The compliance gate: the STIR trust store (DCE_STIR_TRUST_DIR) and a fraud scorer;
+        DNC lists, consent and suppressions come from the database (``_start_sync``)."""
         data = self.settings.data_dir
-        dnc_dir = data / "dnc"
-        dnc = DncStore.load(dnc_dir) if dnc_dir.is_dir() else DncStore()
         trust_dir = self.settings.stir_trust_dir or data / "stir-trust"
         trust = TrustStore.from_directory(trust_dir) if trust_dir.is_dir() else TrustStore()
-        suppression = Suppression(self._secret("erasure_secret"))
-        return Gate(dnc=dnc, trust=trust, suppression=suppression, fraud=FraudScorer())
+        suppression = Suppression(self._erasure_secret())
+        return Gate(trust=trust, suppression=suppression, fraud=FraudScorer())
 
-    async def _watch_dnc(self, interval: float = 5.0) -> None:
-        """Reload DNC lists that `dce dnc import` (another process) saved or changed."""
-        directory = self.settings.data_dir / "dnc"
+    def _erasure_secret(self) -> bytes:
+        """DCE_ERASURE_SECRET, else the secret kept in DCE_DATA_DIR/erasure_secret."""
+        if self.settings.erasure_secret:
+            return bytes.fromhex(self.settings.erasure_secret)
+        return self._secret("erasure_secret")
 
-        def stamp() -> dict[str, float]:
-            if not directory.is_dir():
-                return {}
-            return {p.name: p.stat().st_mtime for p in directory.glob("*.json")}
-
-        seen = stamp()
-        while True:
-            await asyncio.sleep(interval)
-            now = stamp()
-            if now == seen:
-                continue
-            seen = now
-            try:
-                # Reading tens of MB of list files is slow work: keep it off the loop.
-                store = await self.loop.run_in_executor(None, DncStore.load, directory)
-            except Exception:
-                logger.exception("reloading DNC lists failed; keeping the lists in use")
-                continue
-            assert self.bridge is not None
-            self.bridge.gate.dnc = store
-            logger.info("DNC lists reloaded", extra={"lists": len(now)})
+    async def _start_sync(self) -> None:
+        """Load the shared compliance data and follow every change (dce/sync.py)."""
+        assert self.bridge is not None and self.router is not None
+        data = self.settings.data_dir
+        secret = self._erasure_secret()
+        where = "DCE_ERASURE_SECRET" if self.settings.erasure_secret else str(
+            data / "erasure_secret"
+        )
+        await check_erasure_secret(self.store, secret, where)
+        # Lists an earlier version kept as files move into the database, once.
+        await self.store.dnc.adopt_files(data / "dnc")
+        sync = self.sync = SharedState(
+            self.store, self.bridge.gate, secret,
+            compile=self.router.compile, apply_exchange=self._apply_exchange,
+        )  # fmt: skip
+        sync.versions["exchange"] = self._exchange_version  # what _open_database loaded
+        await sync.load()
+        sync.start()
 
     def _secret(self, name: str) -> bytes:
         """A random secret kept in DCE_DATA_DIR (0600), made on first use."""
@@ -384,9 +409,13 @@ class Switch:
 
     async def _reload_exchange(self) -> None:
         """The admin API changed exchange objects: they apply from the next call on."""
-        config = await self.store.exchange.read_config()
+        assert self.sync is not None
+        await self.sync.reload_exchange()  # raises ConfigInvalid and keeps the old one
+
+    def _apply_exchange(self, config: ExchangeConfig, compiled: AuctionIndex) -> None:
+        """Use a stored config (compiled off the loop by dce/sync.py) from the next call on."""
         assert self.bridge is not None
-        self.bridge.update(config)  # compiles first; raises and keeps the old one if invalid
+        self.bridge.update(config, compiled)
         self.admitter.update(config)
         self.prober.set_config(config)
         self.config = config
@@ -399,12 +428,17 @@ class Switch:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sip", self.ws.handle)  # SIP over WebSocket (RFC 7118)
-        add_phone_routes(app)
+        add_phone_routes(app, token_check=self.admitter.ws_token)
+        Dashboard(self.stats, Authenticator(self.admin_token, self.store),
+                  lambda: self.core.live_calls, store=self.store).add_routes(app)
         mount_api(
             app, self.store, admin_token=self.admin_token, on_change=self._reload_exchange,
             gate=self.bridge.gate, wall=lambda: datetime.now(UTC),
-            dnc_dir=self.settings.data_dir / "dnc", flush_cdrs=self.cdr_writer.flush,
+            dnc_versions=self.sync.dnc_versions if self.sync is not None else None,
+            flush_cdrs=self.cdr_writer.flush,
             endpoint_health=lambda uri: self.prober.view(uri, self.pump.wall),
+            live_calls=LiveCalls(self.core, self.media, lambda: self.bridge, self.loop.time,
+                                 self.pump.wall, self.pump.transmit).source(),
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -428,7 +462,10 @@ class Switch:
             started=self.started,
             probe=self.db_probe,
             writer=self.cdr_writer,
-            extra={"live_calls": self.core.live_calls, "database": self.db_kind},
+            extra={"live_calls": self.core.live_calls, "database": self.db_kind,
+                   "version": __version__,
+                   # Following other instances' changes? (dce/sync.py)
+                   "shared_state": self.sync.state() if self.sync is not None else None},
         )
         return web.json_response(body, status=status)
 
@@ -440,17 +477,6 @@ class Switch:
         from dce.metrics import render
 
         return web.Response(body=render(self), content_type="text/plain", charset="utf-8")
-
-
-async def load_compliance(store: Store, gate: Gate, erasure_secret: bytes) -> None:
-    """Fill the gate from the database at start: consent records and erasure suppressions.
-
-    Erased consent records (their caller is a hash) are left out: the gate looks consent up
-    by number, and they can no longer match one.
-    """
-    records = [r for r in await store.compliance.load_consents() if r.caller.startswith("+")]
-    gate.consent = ConsentStore(records)
-    gate.suppression = Suppression(erasure_secret, await store.compliance.load_suppressions())
 
 
 def _redact(dsn: str) -> str:

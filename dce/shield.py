@@ -2,9 +2,10 @@
 
 :class:`Shield` builds the :class:`~switch.transport.Guard` every transport consults: the
 per-source rate limiter (switch/pike.py, DCE_PIKE_*), which sources are trusted (trunk
-addresses and buyer endpoints, from dce/admit.py, plus sources that proved a password), which
-connections carry a live call (never closed as idle), and the connection caps of TCP and
-WebSocket (DCE_*_MAX_CONNECTIONS, DCE_MAX_CONNECTIONS_PER_SOURCE,
+addresses, buyer endpoints and trusted proxies, from dce/admit.py, plus sources that proved a
+password), whom a trusted proxy's messages count against (the caller it names,
+switch/proxy.py), which connections carry a live call (never closed as idle), and the
+connection caps of TCP and WebSocket (DCE_*_MAX_CONNECTIONS, DCE_MAX_CONNECTIONS_PER_SOURCE,
 DCE_CONNECTION_IDLE_TIMEOUT).
 
 switch/pike.py decides; the transports drop a banned source's packets after one dict lookup.
@@ -213,6 +214,9 @@ class Shield:
         self.pike: Pike | None = None
         self.bans: BanKeeper | None = None
         self.guard = Guard(trusted=admitter.trusted, busy=self.busy)
+        if admitter.proxies:
+            # Behind a trusted proxy, limits and bans count the callers it names (never it).
+            self.guard.identity = admitter.proxies.identity
         if settings.pike_limit:
             self.pike = Pike(
                 PikeConfig(window=settings.pike_window, limit=settings.pike_limit,

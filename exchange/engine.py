@@ -187,9 +187,20 @@ class Exchange:
         self._down = uris
         self._index = without_endpoints(self._compiled, uris)
 
-    def update(self, config: ExchangeConfig) -> None:
-        """Use ``config`` from the next call on; raises ConfigInvalid and keeps the old one."""
-        self._compiled = compile_index(config, survival_mean_s=self._survival_mean_s)
+    def compile(self, config: ExchangeConfig) -> AuctionIndex:
+        """``config`` compiled as ``update`` would (pure: a worker thread may run it).
+
+        Raises:
+            ConfigInvalid: see ``compile_index``.
+        """
+        return compile_index(config, survival_mean_s=self._survival_mean_s)
+
+    def update(self, config: ExchangeConfig, compiled: AuctionIndex | None = None) -> None:
+        """Use ``config`` from the next call on; raises ConfigInvalid and keeps the old one.
+
+        ``compiled`` is ``compile(config)`` done beforehand (off the event loop), if it was.
+        """
+        self._compiled = compiled if compiled is not None else self.compile(config)
         self._index = without_endpoints(self._compiled, self._down)
         # A bid cached for a profile may no longer match what the profile buys.
         self._rtb.clear_cache()

@@ -173,6 +173,15 @@ class MediaManager:
         stats: CallMediaStats | None = self.relay.close_session(call_id)
         return stats.cdr_fields() if stats is not None else {}
 
+    def counters(self, call_id: str) -> dict[str, Any]:
+        """A live call's media counters so far, as ``close`` gives them (empty in bypass or
+        before the media is open); the media stays open."""
+        web = self._webrtc.get(call_id)
+        if web is not None:
+            return web.stats().cdr_fields()
+        session = self.relay.session(call_id)
+        return session.relay.stats().cdr_fields() if session is not None else {}
+
     def start_watchdog(self, timeout: float, on_timeout: Callable[[str], object]) -> None:
         """Media timeouts end calls through ``on_timeout``; so do dead browsers (ICE/DTLS)."""
         self._on_dead = on_timeout

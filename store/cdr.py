@@ -24,6 +24,8 @@ class Disposition(enum.StrEnum):
     REJECTED_COMPLIANCE = "rejected_compliance"
     REJECTED_FRAUD = "rejected_fraud"
     NO_BUYER = "no_buyer"
+    # No campaign owns the called number: 404 before the gate and the auction (docs/cdr.md).
+    NO_CAMPAIGN = "no_campaign"
     OVERLOAD = "overload"
     MEDIA_TIMEOUT = "media_timeout"
     # The switch died with the call in progress; the next start ended it (docs/cdr.md).

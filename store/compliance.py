@@ -5,6 +5,10 @@ columns to look them up by. ``suppressions`` maps an erased number's keyed hash 
 lists it stays blocked on (compliance/erasure.py's ``Suppression``). An erasure rewrites the
 number in ``cdrs`` and ``consents`` and records the suppression in one transaction.
 ``ComplianceTables`` is reached as ``Store.compliance``.
+
+Both tables carry the version of the write that last changed each row (migration 0005):
+``consents_since`` and ``suppressions_since`` give another switch instance the rows newer
+than what it holds, with the version to ask from next time.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from store.errors import StoreConflict
 if TYPE_CHECKING:
     from store.database import Store
 
-__all__ = ["ComplianceTables", "ErasedRows", "number_pattern", "scrub"]
+__all__ = ["Changes", "ComplianceTables", "ErasedRows", "number_pattern", "scrub"]
 
 _JSON = msgspec.json.Encoder()
 
@@ -32,6 +36,20 @@ class ErasedRows(msgspec.Struct, frozen=True, kw_only=True):
 
     cdrs: int
     consents: int
+
+
+class Changes(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows changed after a version (``consents_since``, ``suppressions_since``).
+
+    ``version`` is where the reader is now; ``resets`` counts deletions ever made (rows read
+    by version cannot show one: when it moves, the reader starts over from version 0).
+    ``consents`` or ``suppressions`` (hash -> scope) holds the rows, whichever was asked.
+    """
+
+    version: int
+    resets: int
+    consents: list[ConsentRecord] = []
+    suppressions: dict[str, list[str]] = {}
 
 
 def scrub(value: Any, pattern: re.Pattern[str], replacement: str) -> Any:
@@ -128,6 +146,43 @@ class ComplianceTables:
     async def load_consents(self) -> list[ConsentRecord]:
         """Every consent record, to fill the compliance gate's ConsentStore at start."""
         return await self.list_consents()
+
+    async def consents_since(self, version: int) -> Changes:
+        """Consent records written after ``version`` (all of them from 0), in one snapshot."""
+        async with (
+            self._db.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            now = await conn.fetchrow(
+                "SELECT version, resets FROM sync_versions WHERE kind = 'consent'"
+            )
+            rows = await conn.fetch(
+                "SELECT doc FROM consents WHERE version > $1 ORDER BY version", version
+            )
+        return Changes(
+            version=now["version"],
+            resets=now["resets"],
+            consents=[msgspec.json.decode(r["doc"], type=ConsentRecord) for r in rows],
+        )
+
+    async def suppressions_since(self, version: int) -> Changes:
+        """Suppression entries written after ``version`` (all from 0), in one snapshot."""
+        async with (
+            self._db.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            now = await conn.fetchrow(
+                "SELECT version, resets FROM sync_versions WHERE kind = 'erasure'"
+            )
+            rows = await conn.fetch(
+                "SELECT hash, scope FROM suppressions WHERE version > $1 ORDER BY version",
+                version,
+            )
+        return Changes(
+            version=now["version"],
+            resets=now["resets"],
+            suppressions={r["hash"]: list(r["scope"]) for r in rows},
+        )
 
     # -- GDPR erasure --------------------------------------------------------------------------
 

@@ -10,10 +10,15 @@ Works the same on the embedded server (store/embedded.py) and on an external Pos
   created ahead: the current month and the next two, at start and then daily
   (:meth:`Store.maintain_partitions`); the CDR writer creates a missing month on demand.
 
-The tables hang off the ``Store`` in three groups that share its pool: ``store.exchange``
+The tables hang off the ``Store`` in four groups that share its pool: ``store.exchange``
 (trunks, campaigns, buyers, endpoints, profiles: store/exchange.py), ``store.cdrs`` (CDR
-queries: store/cdrs.py) and ``store.compliance`` (consent, suppressions, erasure:
-store/compliance.py).
+queries: store/cdrs.py), ``store.compliance`` (consent, suppressions, erasure:
+store/compliance.py) and ``store.dnc`` (DNC lists: store/dnc.py).
+
+Several switch instances may share one database. Triggers (migration 0005) version every change
+to what an instance holds in memory and NOTIFY ``SYNC_CHANNEL`` in the writing transaction;
+:meth:`Store.versions` reads the versions and :meth:`Store.listener` opens the dedicated
+connection that LISTENs (dce/sync.py keeps it up).
 
 Every statement uses unqualified names; a Store built with ``schema=`` sets ``search_path``
 so tests (or tenants) get their own copy of every table.
@@ -34,11 +39,14 @@ import asyncpg
 
 from store.cdrs import CdrTable
 from store.compliance import ComplianceTables
-from store.errors import StoreError
+from store.dnc import DncTables
+from store.errors import StoreConflict, StoreError
 from store.exchange import ExchangeTables
 
 __all__ = [
     "MIGRATIONS_PACKAGE",
+    "SYNC_CHANNEL",
+    "SYNC_KINDS",
     "Store",
     "add_months",
     "create_partitions",
@@ -51,6 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_PACKAGE = "store.migrations"
+# NOTIFY channel of migration 0005; the payload is "<schema> <kind> <version>".
+SYNC_CHANNEL = "dce_sync"
+SYNC_KINDS = ("exchange", "consent", "erasure", "dnc")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -149,6 +160,7 @@ class Store:
         self.exchange = ExchangeTables(self)
         self.cdrs = CdrTable(self)
         self.compliance = ComplianceTables(self)
+        self.dnc = DncTables(self)
 
     @property
     def dsn(self) -> str:
@@ -186,6 +198,46 @@ class Store:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    # -- shared state (several instances) -----------------------------------------------------
+
+    async def versions(self) -> dict[str, tuple[int, int]]:
+        """kind -> (version, resets) of every kind in SYNC_KINDS (migration 0005)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT kind, version, resets FROM sync_versions")
+        return {r["kind"]: (r["version"], r["resets"]) for r in rows}
+
+    async def current_schema(self) -> str:
+        """The schema the tables live in (what the notifications name)."""
+        async with self.pool.acquire() as conn:
+            return str(await conn.fetchval("SELECT current_schema()"))
+
+    async def listener(self, timeout: float = 10.0) -> asyncpg.Connection:
+        """A new connection of its own (not from the pool) for LISTEN; the caller closes it."""
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.dsn, timeout=timeout, command_timeout=self._command_timeout,
+            server_settings=self.server_settings(),
+        )  # fmt: skip
+        return conn
+
+    async def check_secret(self, name: str, fingerprint: str) -> None:
+        """Record the fingerprint of secret ``name`` if none is, else insist it is the same.
+
+        Raises:
+            StoreConflict: another fingerprint is recorded (the instances' secrets differ).
+        """
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO shared_secrets (name, fingerprint) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO NOTHING",
+                name,
+                fingerprint,
+            )
+            stored = await conn.fetchval(
+                "SELECT fingerprint FROM shared_secrets WHERE name = $1", name
+            )
+        if stored != fingerprint:
+            raise StoreConflict(f"the {name} differs from the one this database was used with")
 
     # -- schema ------------------------------------------------------------------------------
 

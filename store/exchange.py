@@ -253,6 +253,21 @@ class ExchangeTables:
         ):
             return await _read_config(conn)
 
+    async def read_config_versioned(self) -> tuple[int, ExchangeConfig]:
+        """``read_config`` with the version of the last change it includes (migration 0005).
+
+        Raises:
+            StoreError: a stored document no longer validates against the model.
+        """
+        async with (
+            self._db.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            version = await conn.fetchval(
+                "SELECT version FROM sync_versions WHERE kind = 'exchange'"
+            )
+            return int(version), await _read_config(conn)
+
     # -- trunks and campaigns ------------------------------------------------------------------
 
     async def list_docs(self, table: DocTable, kind: type[_S]) -> list[_S]:

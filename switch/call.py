@@ -47,7 +47,13 @@ from switch.errors import InvalidStateError, SipParseError
 from switch.media_session import MediaSession
 from switch.message import Headers, SipRequest, SipResponse
 from switch.peer import Peer
-from switch.record import CallRecord, HangupSide, Outcome, outcome_for_failure
+from switch.record import (
+    OPERATOR_HANGUP,
+    CallRecord,
+    HangupSide,
+    Outcome,
+    outcome_for_failure,
+)
 from switch.uri import NameAddr, SipUri
 
 logger = logging.getLogger(__name__)
@@ -113,6 +119,9 @@ class Call:
     caller: str  # as received
     called: str
     received: float
+    # The caller's address: a_peer's, or behind a trusted proxy the one it named
+    # (switch/proxy.py). Identity and the media latching hint; never where to send.
+    source_ip: str = ""
     state: CallState = CallState.ROUTING
     a_dialog: Dialog | None = None
     targets: list[str] = field(default_factory=list)
@@ -132,6 +141,8 @@ class Call:
     byes_pending: int = 0  # our BYE transactions still running; the call is kept until 0
     # A relayed re-INVITE's 2xx: the requesting leg's ACK goes on with this CSeq.
     pending_ack: dict[Leg, int] = field(default_factory=dict)
+    first_response: float | None = None  # the first buyer response relayed (not 100)
+    ringing: float | None = None  # the first 18x relayed
     _log: CallLog | None = None
 
     @property
@@ -170,6 +181,10 @@ class Call:
             endpoint=att.uri if att is not None else None,
             attempts=self.attempts,
             rule=self.rule,
+            first_response=(
+                self.first_response if self.first_response is not None else self.answered
+            ),
+            ringing=self.ringing,
         )
 
 
@@ -213,7 +228,7 @@ class Calls:
                 at=now,
                 identity=req.headers.get("identity"),
                 pai=req.headers.get("p-asserted-identity"),
-                source_ip=call.a_peer.host,
+                source_ip=call.source_ip or call.a_peer.host,
             )
         )
 
@@ -226,7 +241,7 @@ class Calls:
             OpenMedia(
                 call_id=call.call_id,
                 offer=call.a_invite.body,
-                source_ip=call.a_peer.host,
+                source_ip=call.source_ip or call.a_peer.host,
                 webrtc=call.source == "webrtc",
             )
         )
@@ -285,6 +300,19 @@ class Calls:
             self._final_to_a(call, 480, "Temporarily Unavailable", rule=outcome.value)
             self._end(call, Outcome.FAILED, HangupSide.SYSTEM, 480)
 
+    def operator_hangup(self, call: Call, now: float) -> None:
+        """The operator ends a call (admin API, ``dce hangup``); ``hangup_side`` is operator.
+
+        Answered: BYE both legs (the disposition stays ``answered``). Before the answer: the
+        attempt is cancelled and the caller gets 480 with Reason ``operator_hangup``.
+        """
+        if call.state is CallState.ANSWERED:
+            self.hangup(call, HangupSide.OPERATOR, now, by=None)
+        elif call.state in _BEFORE_ANSWER:
+            self._abandon_attempt(call, now)
+            self._final_to_a(call, 480, "Temporarily Unavailable", rule=OPERATOR_HANGUP)
+            self._end(call, Outcome.CANCELLED, HangupSide.OPERATOR, 480)
+
     def drain(self, now: float) -> None:
         """Shutdown: refuse new calls, end live ones (BYE when answered, 503 before)."""
         self.draining = True
@@ -331,6 +359,10 @@ class Calls:
                 headers=[*_relay_headers(resp), *_dialog_headers(call, self.ctx)],
                 body=body,
             )
+            if call.ringing is None:
+                call.ringing = now
+                if call.first_response is None:
+                    call.first_response = now
             self._a_early_dialog(call)
             return
         if status < 300:
@@ -516,6 +548,8 @@ class Calls:
             self._final_to_a(call, 480, "Temporarily Unavailable", rule=timeout)
             self._end(call, outcome_for_failure(480, True), HangupSide.BUYER, 480)
             return
+        if att.responded and call.first_response is None:
+            call.first_response = now  # the caller gets this buyer's own final status
         self._final_to_a(call, status, reason_phrase(status))
         self._end(call, outcome_for_failure(status, False), HangupSide.BUYER, status)
 

@@ -37,7 +37,7 @@ RETRY_AFTER_S = 5
 
 @dataclass(slots=True)
 class CoreConfig:
-    host: str  # our SIP address (Via, Contact)
+    host: str  # our advertised SIP address (Via, Contact, From), IPv6 in brackets
     port: int
     ring_timeout: float = 30.0
     # No response at all (not even 100 Trying) from a buyer endpoint within this: it is dead,

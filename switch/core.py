@@ -168,6 +168,18 @@ class SwitchCore:
             self._calls.end_call(call, outcome, now)
             self._pump(now)
 
+    def hang_up(self, call_id: str, now: float) -> bool:
+        """The operator ends a live call (admin API, ``dce hangup``): BYE both legs when
+        answered, else cancel the attempt and give the caller 480 ``operator_hangup``.
+        False when no live call has that id."""
+        self._ctx.now = now
+        call = self._calls.live.get(call_id)
+        if call is None:
+            return False
+        self._calls.operator_hangup(call, now)
+        self._pump(now)
+        return True
+
     def hang_up_dialogs(self, legs: Sequence[DialogSnapshot], now: float) -> None:
         """BYE in dialogs no live call owns: calls that were up when an earlier process died
         (crash recovery). Their answers and timeouts need nothing more from the core."""

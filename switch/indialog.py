@@ -185,8 +185,8 @@ class InDialog:
             call.pending_ack[relay.leg] = relay.seq
 
     def timed_out(self, relay: Relay, now: float) -> None:
-        if relay.method == "INVITE":
-            # RFC 4320: a timed-out non-INVITE gets no 408; the requester's Timer F settles it.
-            self.ctx.layer.send_response(
-                relay.server_tx, make_response(relay.request, 408, "Request Timeout"), now
-            )
+        # For a non-INVITE the layer sends no 408 (RFC 4320 §4.2) but ends the requester's
+        # server transaction, which has no timer of its own; its Timer F settles the rest.
+        self.ctx.layer.send_response(
+            relay.server_tx, make_response(relay.request, 408, "Request Timeout"), now
+        )

@@ -1,5 +1,13 @@
 """Requests outside any dialog: admission and new INVITEs, CANCEL, OPTIONS, and what is
-answered statelessly (malformed requests, unknown methods).
+refused before any of that (methods, extensions, bodies the switch does not take) or answered
+statelessly (malformed requests).
+
+Every request with a transaction first goes through :meth:`OutOfDialog.screen`, in the order
+of RFC 3261 §8.2: the method (a known method the switch does not take: 405, an unknown one:
+501, both with Allow; inside a dialog only PRACK is refused, every other method is relayed),
+then Require and Proxy-Require (420 with Unsupported: the switch supports no option tag; ACK
+and CANCEL are exempt, §8.2.2.3), then the body of a new INVITE (415 unless it is SDP,
+§8.2.3). An unsupported Request-URI scheme is 416 from the parser.
 
 A new INVITE is checked in this order: Max-Forwards (483, RFC 3261 §16.3), trunk admission
 (source address or digest: 401 challenge, 403 with a Reason), then the Request-URI and
@@ -15,14 +23,24 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from switch.call import Call, Calls
-from switch.context import ALLOW, Context, reason_header
+from switch.context import ALLOW, OPTION_TAGS, Context, reason_header
 from switch.errors import SipParseError
 from switch.events import RequestReceived
-from switch.message import SipRequest, header_key
+from switch.message import (
+    METHODS,
+    STATELESS_STATUSES,
+    SipRequest,
+    stateless_response,
+)
 from switch.peer import Peer
 from switch.uri import NameAddr, SipUri
 
 logger = logging.getLogger(__name__)
+
+# The methods in ALLOW: a request outside a dialog with any other method is refused.
+ALLOWED = frozenset(m.strip() for m in ALLOW.split(","))
+# Methods that only make sense inside a dialog: without one, 481 (§12.2.2).
+_DIALOG_ONLY = frozenset({"BYE", "UPDATE", "INFO"})
 
 
 @dataclass(slots=True)
@@ -33,6 +51,9 @@ class AdmitResult:
     # Admitted, but over one of the trunk's limits: the call gets 503 + Retry-After with this
     # rule in its Reason, and a CDR (disposition overload).
     limit: str | None = None
+    # The caller's own address when a trusted proxy named it (switch/proxy.py): the media
+    # latching hint. None: the packet's source is the caller.
+    source: Peer | None = None
 
 
 class Admitter(Protocol):
@@ -47,8 +68,63 @@ class OutOfDialog:
         self.calls = calls
         self.admitter = admitter
 
+    def screen(self, ev: RequestReceived) -> bool:
+        """Refuse a request the switch does not take (see the module docstring), in or out
+        of a dialog. True when it was answered here."""
+        tx = ev.tx
+        if tx is None:
+            return False  # an ACK: never answered
+        req = ev.request
+        method = req.method
+        headers = req.headers
+        if method not in ALLOWED and (method == "PRACK" or req.to_tag is None):
+            # §8.2.1. PRACK: the switch does not do 100rel (RFC 3262), in a dialog or not.
+            if method in METHODS:
+                self.ctx.respond(tx, req, 405, "Method Not Allowed", headers=[("allow", ALLOW)])
+            else:
+                self.ctx.respond(tx, req, 501, "Not Implemented", headers=[("allow", ALLOW)])
+            return True
+        if method != "CANCEL":
+            require = headers.get("require")
+            proxy_require = headers.get("proxy-require")
+            if require is not None or proxy_require is not None:
+                tags = headers.get_list("require") + headers.get_list("proxy-require")
+                unsupported = [t for t in dict.fromkeys(tags) if t.lower() not in OPTION_TAGS]
+                if unsupported:
+                    self.ctx.respond(
+                        tx,
+                        req,
+                        420,
+                        "Bad Extension",
+                        headers=[("unsupported", ", ".join(unsupported))],
+                    )
+                    return True
+        if method == "INVITE" and req.body and req.to_tag is None:
+            # §8.2.3: the switch reads the offer, so it must be plain SDP.
+            ctype = headers.get("content-type")
+            encoding = headers.get("content-encoding")
+            if ctype is not None and ctype.partition(";")[0].strip().lower() != "application/sdp":
+                self.ctx.respond(
+                    tx,
+                    req,
+                    415,
+                    "Unsupported Media Type",
+                    headers=[("accept", "application/sdp")],
+                )
+                return True
+            if encoding is not None and encoding.strip().lower() != "identity":
+                self.ctx.respond(
+                    tx,
+                    req,
+                    415,
+                    "Unsupported Media Type",
+                    headers=[("accept-encoding", "identity")],
+                )
+                return True
+        return False
+
     def request(self, ev: RequestReceived, now: float) -> None:
-        """A request without a To tag."""
+        """A request without a To tag (already screened)."""
         tx = ev.tx
         if tx is None:
             return  # an ACK outside any dialog/transaction: nothing to do (§17.2.3)
@@ -62,10 +138,10 @@ class OutOfDialog:
             self.ctx.respond(
                 tx, req, 200, "OK", headers=[("allow", ALLOW), ("accept", "application/sdp")]
             )
-        elif method in ("BYE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"):
+        elif method in _DIALOG_ONLY:
             self.ctx.stats["no_dialog_481"] += 1
             self.ctx.respond(tx, req, 481, "Call/Transaction Does Not Exist")
-        else:
+        else:  # not reached: screen() refused every other method
             self.ctx.respond(tx, req, 405, "Method Not Allowed", headers=[("allow", ALLOW)])
 
     def _invite(self, req: SipRequest, tx: str, peer: Peer, now: float) -> None:
@@ -73,7 +149,8 @@ class OutOfDialog:
         mf = req.headers.get("max-forwards")
         if mf is not None:
             mf = mf.strip()
-            if not mf.isdigit():
+            # §20.22: 0 to 255 (isascii: str.isdigit() takes digits int() refuses).
+            if not (mf.isascii() and mf.isdigit()) or len(mf) > 10 or int(mf) > 255:
                 ctx.respond(tx, req, 400, "Malformed Max-Forwards")
                 return
             if int(mf) == 0:
@@ -102,7 +179,7 @@ class OutOfDialog:
             return
         try:
             ruri = SipUri.parse(req.uri)
-            from_user = req.from_.parsed_uri().user_unescaped or ""
+            from_user = _user_of(req.from_)
         except SipParseError as exc:
             ctx.respond(tx, req, 400, exc.reason[:120])
             return
@@ -118,6 +195,7 @@ class OutOfDialog:
             caller=caller,
             called=ruri.user_unescaped or "",
             received=now,
+            source_ip=admit.source.host if admit.source is not None else peer.host,
         )
         self.calls.start(call, req, now, admit.limit)
 
@@ -131,10 +209,10 @@ class OutOfDialog:
         self.calls.cancelled_by_caller(call, now)
 
     def malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
-        """A message we cannot parse: a stateless 400 (or 513 ...) for a request whose Via we
-        can read; a response, or a request we cannot answer, is dropped and counted."""
+        """A message we cannot parse: a stateless 400 (or 416, 505, 513) for a request with a
+        Via line; a response, an ACK or a request without Via is dropped and counted."""
         ctx = self.ctx
-        if data[:16].startswith(b"SIP/"):
+        if data.lstrip(b"\r\n")[:4].upper() == b"SIP/":
             ctx.stats["malformed_responses"] += 1
             logger.info(
                 "malformed response dropped",
@@ -142,7 +220,8 @@ class OutOfDialog:
             )
             return
         ctx.stats["malformed_requests"] += 1
-        resp = stateless_error(data, exc)
+        status = exc.status if exc.status in STATELESS_STATUSES else 400
+        resp = stateless_response(data, status, exc.reason)
         if resp is None:
             logger.info(
                 "malformed request dropped",
@@ -168,6 +247,17 @@ def fix_via(req: SipRequest, peer: Peer) -> None:
         req.headers.add("via", str(via), first=True)
 
 
+def _user_of(addr: NameAddr) -> str:
+    """The user part of a From URI; empty for a scheme the switch does not route on (RFC
+    4475 §3.3.4: an unknown scheme in From is no reason to refuse the request)."""
+    try:
+        return addr.parsed_uri().user_unescaped or ""
+    except SipParseError as exc:
+        if exc.status == 416:
+            return ""
+        raise
+
+
 def _pai_user(values: list[str]) -> str | None:
     for value in values:
         try:
@@ -177,36 +267,3 @@ def _pai_user(values: list[str]) -> str | None:
         if uri.user:
             return uri.user_unescaped
     return None
-
-
-def stateless_error(data: bytes, exc: SipParseError) -> bytes | None:
-    """A best-effort 400/513 for a request we could not parse, or None when unanswerable."""
-    try:
-        text = data[:8192].decode("utf-8", "replace")
-    except Exception:
-        return None
-    head = text.split("\r\n\r\n", 1)[0].replace("\r\n", "\n").split("\n")
-    keep: dict[str, list[str]] = {"via": [], "from": [], "to": [], "call-id": [], "cseq": []}
-    for line in head[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key = header_key(name)
-        if key in keep:
-            keep[key].append(value.strip())
-    if not keep["via"]:
-        return None  # §18.2.1: nowhere to send a response
-    status = exc.status if exc.status in (400, 413, 414, 416, 420, 505, 513) else 400
-    reason = exc.reason.replace("\r", " ").replace("\n", " ")[:120] or "Bad Request"
-    lines = [f"SIP/2.0 {status} {reason}"]
-    for key, canon in (
-        ("via", "Via"),
-        ("from", "From"),
-        ("to", "To"),
-        ("call-id", "Call-ID"),
-        ("cseq", "CSeq"),
-    ):
-        for value in keep[key]:
-            lines.append(f"{canon}: {value}")
-    lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace")

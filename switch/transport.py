@@ -13,6 +13,11 @@ capped (:class:`ConnLimits`): per source and in total for sources that are not t
 trunk's addresses are never refused), and a connection that carried no SIP message either
 way for ``idle_timeout`` is closed, unless it carries a live call (``Guard.busy``): a caller's
 connection is the only way to send it a BYE, so it stays open until the call ends.
+
+Behind a trusted proxy (switch/proxy.py), ``Guard.identity`` names the source each of the
+proxy's messages counts against: the rate limit and the bans apply to the callers the proxy
+names, and a banned caller's messages are dropped one by one while the proxy's own address
+(and its connection) is never refused.
 """
 
 from __future__ import annotations
@@ -58,13 +63,16 @@ class Guard:
     called once when a transport's count banned ``host`` (the application arms the pike's
     timer and mirrors the ban to the kernel). ``trusted(host)`` exempts a source from the
     connection caps. ``busy()`` names the connections that carry a live call: connection ids
-    (``Peer.conn``) and, for connections we opened, ``(host, port)``.
+    (``Peer.conn``) and, for connections we opened, ``(host, port)``. ``identity(data, host)``
+    names the source a message from ``host`` counts against (for a trusted proxy's message,
+    the source it names: switch/proxy.py); None when no proxy is trusted.
     """
 
     pike: Pike | None = None
     on_ban: Callable[[str], None] = _ignore
     trusted: Callable[[str], bool] = _never
     busy: Callable[[], Container[object]] = _nothing_busy
+    identity: Callable[[bytes, str], str] | None = None
 
     @property
     def banned(self) -> dict[str, float]:
@@ -111,6 +119,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._pike = guard.pike
         self._banned = guard.banned
         self._on_ban = guard.on_ban
+        self._identity = guard.identity
         self._time: Callable[[], float] = lambda: 0.0
         self.dropped = 0  # datagrams from banned sources
         # Every byte read, dropped or not: the overload control's read rate (dce/load.py),
@@ -132,14 +141,16 @@ class UdpTransport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.rx_bytes += len(data)
         host = addr[0]
+        # Behind a trusted proxy, the caller it names is who the limits count.
+        who = host if self._identity is None else self._identity(data, host)
         # A banned source costs this lookup and nothing more: no parse, no log, no transmit.
-        if host in self._banned:
+        if who in self._banned:
             self.dropped += 1
             return
         pike = self._pike
-        if pike is not None and not pike.hit(host, self._time()):
+        if pike is not None and not pike.hit(who, self._time()):
             self.dropped += 1
-            self._on_ban(host)
+            self._on_ban(who)
             return
         try:
             self._feed(data, Peer("udp", host, addr[1]))
@@ -205,10 +216,25 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.abort()
             return
         pike = owner.pike
+        identity = owner.guard.identity
         try:
             self.framer.receive_data(data)
             while (msg := self.framer.next_message()) is not None:
                 now = owner.loop.time()
+                who = peer.host if identity is None else identity(msg, peer.host)
+                if who != peer.host:
+                    # A trusted proxy's message for a caller: the caller's limits, and only
+                    # this message dropped, never the proxy's connection.
+                    if who in owner.banned:
+                        owner.stats.dropped += 1
+                        continue
+                    if pike is not None and not pike.hit(who, now):
+                        owner.stats.dropped += 1
+                        owner.on_ban(who)
+                        continue
+                    self.last_progress = self.last_activity = now
+                    owner.feed(msg, peer)
+                    continue
                 if pike is not None and not pike.hit(peer.host, now):
                     owner.stats.dropped += 1
                     owner.on_ban(peer.host)

@@ -12,7 +12,7 @@ The package, one concept per module:
   doubles with a directory, membership, staleness;
 - ``importer``: ``DncImporter``, the sans-IO parser of number files, and ``ImportReport``;
 - ``fileformat``: a list on disk (``NAME.f64`` + ``NAME.json``);
-- ``memory``: ``release_memory``, handing a big import's heap back to the OS;
+- ``memory``: ``release_memory`` and ``trim_heap``, handing a big import's heap back to the OS;
 - ``store``: ``DncStore``, every loaded list by name, which the gate reads.
 
 This module is the public API; the rest of the code imports from ``compliance.dnc``.
@@ -20,7 +20,7 @@ This module is the public API; the rest of the code imports from ``compliance.dn
 
 from compliance.dnc.importer import MAX_LINE, DncImporter, ImportReport, Progress
 from compliance.dnc.lookup import DEFAULT_MAX_AGE_DAYS, DncList, dnc_key
-from compliance.dnc.memory import release_memory
+from compliance.dnc.memory import release_memory, trim_heap
 from compliance.dnc.store import DncStore
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "Progress",
     "dnc_key",
     "release_memory",
+    "trim_heap",
 ]

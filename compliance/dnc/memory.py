@@ -7,7 +7,7 @@ import ctypes.util
 import gc
 from collections.abc import Callable
 
-__all__ = ["release_memory"]
+__all__ = ["release_memory", "trim_heap"]
 
 
 def _load_trim() -> Callable[[int], int] | None:
@@ -30,5 +30,15 @@ def release_memory() -> None:
     above what its lists hold. A no-op where there is no ``malloc_trim``.
     """
     gc.collect()  # a full collection also empties the interpreter's free lists
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the heap's free memory back to the OS (``malloc_trim``) without a collection.
+
+    For a process that must not pause for a full collection (a running switch that just read
+    a big list from the database in 8 MiB pieces); ctypes lets go of the GIL meanwhile, so a
+    worker thread can run it. A no-op where there is no ``malloc_trim``.
+    """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

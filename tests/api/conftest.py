@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import mount_api
+from api.live import LiveSource
 from compliance.check import Gate
 from compliance.erasure import Suppression
 from exchange.auction_index import compile_index
@@ -136,14 +137,46 @@ class Reply:
     headers: dict[str, str]
 
 
+def live_call(call_id: str, buyer_id: str | None = "b1", **extra: Any) -> dict[str, Any]:
+    """A live call as the switch's LiveSource hands it over (api.models.LiveCall fields)."""
+    at = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    call: dict[str, Any] = {
+        "call_id": call_id, "a_call_id": f"a-{call_id}@192.0.2.1", "trunk_id": "t1",
+        "source": "sip", "caller": CALLER, "called": "+18005550100", "campaign_id": "c1",
+        "buyer_id": buyer_id, "endpoint": "sip:b1@192.0.2.10", "state": "answered",
+        "received_at": at, "answered_at": at + timedelta(seconds=2), "duration_ms": 30_000,
+        "attempts": 1, "packets_a_to_b": 1500, "packets_b_to_a": 1490,
+        "bytes_a_to_b": 258_000, "bytes_b_to_a": 256_280, "packets_dropped": 0,
+    }
+    call.update(extra)
+    return call
+
+
+@dataclass
+class LiveTable:
+    """The live calls a switch would report: plain data, hung up by removing them."""
+
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hung_up: list[str] = field(default_factory=list)
+
+    def source(self) -> LiveSource:
+        return LiveSource(calls=lambda: list(self.calls.values()), hang_up=self._hang_up)
+
+    def _hang_up(self, call_id: str) -> dict[str, Any] | None:
+        call = self.calls.pop(call_id, None)
+        if call is not None:
+            self.hung_up.append(call_id)
+        return call
+
+
 @dataclass
 class Api:
     client: TestClient[web.Request, web.Application]
     store: Store
     gate: Gate
     clock: FakeClock
-    dnc_dir: Path
     changes: list[ExchangeConfig] = field(default_factory=list)
+    live: LiveTable = field(default_factory=LiveTable)
 
     async def call(
         self,
@@ -199,7 +232,8 @@ class Api:
         dnc = sorted((lst.name, len(lst)) for lst in self.gate.dnc)
         consent_mem = sorted((r.id, r.caller, str(r.revoked_at)) for r in self.gate.consent)
         return msgspec.json.encode(
-            [cfg, keys, consents, cdrs, dnc, consent_mem, len(self.gate.suppression or ())],
+            [cfg, keys, consents, cdrs, dnc, consent_mem, len(self.gate.suppression or ()),
+             sorted(self.live.calls)],
             enc_hook=str,
         )
 
@@ -219,6 +253,7 @@ async def api(database_url: str, pg_schema: str, tmp_path: Path) -> AsyncIterato
         compile_index(cfg)  # what the switch's reload does; raises if the API let junk in
         changes.append(cfg)
 
+    live = LiveTable({c["call_id"]: c for c in (live_call("live-1"), live_call("live-2", "b2"))})
     root = web.Application()
     mount_api(
         root,
@@ -227,14 +262,14 @@ async def api(database_url: str, pg_schema: str, tmp_path: Path) -> AsyncIterato
         on_change=on_change,
         gate=gate,
         wall=clock.wall,
-        dnc_dir=tmp_path / "dnc",
+        live_calls=live.source(),
     )
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(root, host="127.0.0.1")
     )
     await client.start_server()
     try:
-        yield Api(client, store, gate, clock, tmp_path / "dnc", changes)
+        yield Api(client, store, gate, clock, changes, live)
     finally:
         await client.close()
         await store.close()

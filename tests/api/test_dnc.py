@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator
 
 from api.routes import API_PREFIX
-from compliance.dnc import DncStore
 from tests.api.conftest import CALLER, Api
 
 V = API_PREFIX
@@ -35,6 +34,10 @@ async def test_dnc_import_counts_and_lookup(api: Api) -> None:
         "rejected": 2,
         "duplicates": 1,
         "total": 3,
+        # No campaign of the seed config names the list: the answer says it blocks nothing.
+        "campaigns": [],
+        "warning": "no campaign uses the DNC list 'federal': it blocks no call until a "
+        "campaign names it in compliance.dnc_lists",
     }
     hit = await api.call("GET", f"{V}/dnc/{CALLER}")
     assert hit.body == {"number": CALLER, "lists": ["federal"], "suppressed": False}
@@ -56,9 +59,10 @@ async def test_dnc_import_counts_and_lookup(api: Api) -> None:
             "stale": False,
         }
     ]
-    # The gate sees it at once, and it is saved where the switch's watcher reloads from.
+    # The gate sees it at once, and it is stored in the database every instance loads from.
     assert api.gate.dnc.lookup(CALLER) == ["federal"]
-    assert DncStore.load(api.dnc_dir).lookup(CALLER) == ["federal"]
+    stored = await api.store.dnc.load("federal")
+    assert stored is not None and stored.contains(CALLER) and len(stored) == 3
 
 
 async def test_dnc_replace_merge_and_staleness(api: Api) -> None:
@@ -123,3 +127,16 @@ async def test_dnc_import_over_its_limit_is_413(api: Api, tmp_path: object) -> N
 
         async with client.post(f"{V}/dnc?list=x", data=chunks(), headers=headers) as r:
             assert r.status == 413
+
+
+async def test_dnc_import_names_the_campaigns_that_use_the_list(api: Api) -> None:
+    c1 = (await api.call("GET", f"{V}/campaigns/c1")).body
+    c1["compliance"]["dnc_lists"] = ["internal"]
+    assert (await api.call("PUT", f"{V}/campaigns/c1", json=c1)).status == 200
+    r = await api.call("POST", f"{V}/dnc?list=internal", data="2125551234\n",
+                       content_type="text/plain")
+    assert r.status == 200, r.body
+    assert r.body["campaigns"] == ["c1"] and r.body["warning"] is None
+    r = await api.call("POST", f"{V}/dnc?list=intrenal", data="2125551234\n",
+                       content_type="text/plain")
+    assert r.body["campaigns"] == [] and "'intrenal'" in r.body["warning"]

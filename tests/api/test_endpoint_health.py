@@ -56,7 +56,6 @@ async def probed_api(database_url: str, pg_schema: str, tmp_path: Path) -> Async
         on_change=on_change,
         gate=gate,
         wall=clock.wall,
-        dnc_dir=tmp_path / "dnc",
         endpoint_health=health_of,
     )
     client: TestClient[web.Request, web.Application] = TestClient(
@@ -64,7 +63,7 @@ async def probed_api(database_url: str, pg_schema: str, tmp_path: Path) -> Async
     )
     await client.start_server()
     try:
-        yield Api(client, store, gate, clock, tmp_path / "dnc")
+        yield Api(client, store, gate, clock)
     finally:
         await client.close()
         await store.close()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from api.routes import API_PREFIX
 from compliance.check import Gate
-from compliance.dnc import DncStore
 from compliance.erasure import ALL, caller_hash
-from dce.server import load_compliance
+from dce.sync import SharedState
+from exchange.auction_index import compile_index
 from tests.api.conftest import CALLER, Api, auction_record, make_cdr
 
 V = API_PREFIX
@@ -66,7 +66,8 @@ async def test_erasure_replaces_the_number_everywhere(api: Api) -> None:
     assert api.gate.dnc["internal"].contains(CALLER) is False
     assert api.gate.suppression.scope(CALLER) == frozenset({"internal"})  # type: ignore[union-attr]
     assert api.gate.consent.for_caller(CALLER) == []
-    assert DncStore.load(api.dnc_dir)["internal"].contains(CALLER) is False
+    stored = await api.store.dnc.load("internal")
+    assert stored is not None and stored.contains(CALLER) is False
     lookup = await api.call("GET", f"{V}/dnc/{CALLER}")
     assert lookup.body == {"number": CALLER, "lists": ["internal"], "suppressed": True}
     assert (await api.rows("SELECT hash, scope FROM suppressions")) == [
@@ -86,7 +87,9 @@ async def test_erasure_survives_a_restart(api: Api) -> None:
     # A new process: the gate is filled from the database with the same secret.
     gate = Gate()
     secret = api.gate.suppression._secret  # type: ignore[union-attr]
-    await load_compliance(api.store, gate, secret)
+    await SharedState(
+        api.store, gate, secret, compile=compile_index, apply_exchange=lambda c, i: None
+    ).load()
     assert gate.suppression is not None and gate.suppression.scope(CALLER) == frozenset({ALL})
     # The erased caller's record is in the database (as evidence) but cannot match a number.
     assert len(gate.consent) == 1

@@ -87,7 +87,7 @@ async def test_openapi_json_matches_the_server(api: Api, tmp_path: Path) -> None
     # Valid requests only: the admin run below sends the invalid ones.
     await _schemathesis(
         api, tmp_path, "buyer", KEY_B1,
-        "--include-path-regex", "^/api/v1/(buyers|calls)", "--mode", "positive",
+        "--include-path-regex", "^/api/v1/(buyers|calls|reports)", "--mode", "positive",
         "--phases", "examples,fuzzing", "--max-examples", "3",
     )  # fmt: skip
     await _schemathesis(
