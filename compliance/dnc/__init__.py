@@ -21,7 +21,7 @@ This module is the public API; the rest of the code imports from ``compliance.dn
 from compliance.dnc.importer import MAX_LINE, DncImporter, ImportReport, Progress
 from compliance.dnc.lookup import DEFAULT_MAX_AGE_DAYS, DncList, dnc_key
 from compliance.dnc.memory import release_memory, trim_heap
-from compliance.dnc.store import DncStore
+from compliance.dnc.store import DncStore, build_import
 
 __all__ = [
     "DEFAULT_MAX_AGE_DAYS",
@@ -31,6 +31,7 @@ __all__ = [
     "DncStore",
     "ImportReport",
     "Progress",
+    "build_import",
     "dnc_key",
     "release_memory",
     "trim_heap",

@@ -21,7 +21,7 @@ from compliance.dnc.memory import release_memory
 from compliance.errors import DncListNotFound
 from compliance.numbers import normalize
 
-__all__ = ["DncStore"]
+__all__ = ["DncStore", "build_import"]
 
 _READ_SIZE: Final = 1 << 22
 
@@ -229,3 +229,27 @@ class DncStore:
         for lst in load_lists(Path(directory)):
             store.put(lst)
         return store
+
+
+def build_import(
+    name: str,
+    importer: DncImporter,
+    base: DncList | None,
+    *,
+    source: str,
+    loaded_at: datetime,
+    merge: bool,
+    max_age_days: int | None,
+) -> tuple[DncList, ImportReport]:
+    """List ``name`` built from what ``importer`` parsed (merged into ``base`` if given).
+
+    A pure function of picklable values, so that the API can run it in another process: the
+    sort of millions of numbers holds the GIL for seconds, which a thread would not avoid.
+    """
+    scratch = DncStore()
+    if base is not None:
+        scratch.put(base)
+    report = scratch.finish_import(
+        name, importer, source=source, loaded_at=loaded_at, merge=merge, max_age_days=max_age_days
+    )
+    return scratch[name], report

@@ -99,6 +99,26 @@ async def test_dnc_import_streams_bodies_over_1_mib(api: Api) -> None:
     assert api.gate.dnc.lookup("+12122000000") == ["big"]
 
 
+async def test_big_dnc_merge_is_built_in_the_worker_and_counts_right(api: Api) -> None:
+    # Above _INLINE_SORT numbers the list is sorted in a worker process: merging must still
+    # count duplicates against the stored list and keep both parts.
+    first = "".join(f"212{i:07d}\n" for i in range(3_000_000, 3_150_000)).encode()
+    r = await api.call("POST", f"{V}/dnc?list=merged", data=first, content_type="text/plain")
+    assert r.status == 200 and r.body["total"] == 150_000
+    second = "".join(f"212{i:07d}\n" for i in range(3_100_000, 3_250_000)).encode()
+    r = await api.call(
+        "POST", f"{V}/dnc?list=merged&merge=true", data=second, content_type="text/plain"
+    )
+    assert r.status == 200, r.body
+    assert r.body["imported"] == 150_000 and r.body["duplicates"] == 50_000
+    assert r.body["total"] == 250_000
+    for number in ("+12123000000", "+12123120000", "+12123249999"):
+        assert api.gate.dnc.lookup(number) == ["merged"]
+    assert api.gate.dnc.lookup("+12123250000") == []
+    stored = await api.store.dnc.load("merged")
+    assert stored is not None and len(stored) == 250_000
+
+
 async def test_dnc_import_over_its_limit_is_413(api: Api, tmp_path: object) -> None:
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
