@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import gc
 import json
 import os
 import random
@@ -89,6 +90,18 @@ async def _serve(kind: str) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    # Garbage-collector pauses in the relay, per generation, since the last "open": a pause
+    # holds every packet queued behind it, so it shows in the p99 of added latency.
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
     reply({"ready": os.getpid()})
     while line := await reader.readline():
         cmd = json.loads(line)
@@ -108,17 +121,25 @@ async def _serve(kind: str) -> None:
                 else:
                     pa, pb = await _open_bare(loop, a, b, bare)
                     ports.append([pa, pb])
+            for p in pauses.values():
+                p.clear()
             reply({"ports": ports})
         elif cmd["cmd"] == "close":
+            gc_stats = {
+                gen: [len(p), 1000 * max(p, default=0.0), 1000 * sum(p)]
+                for gen, p in pauses.items()
+            }
             if manager is not None:
                 totals = manager.totals()
                 manager.close_all()
-                reply({"closed": True, "dropped": totals.foreign + totals.malformed})
+                reply(
+                    {"closed": True, "dropped": totals.foreign + totals.malformed, "gc": gc_stats}
+                )
             else:
                 for tr in bare:
                     tr.close()
                 bare.clear()
-                reply({"closed": True, "dropped": 0})
+                reply({"closed": True, "dropped": 0, "gc": gc_stats})
         elif cmd["cmd"] == "quit":
             break
 
@@ -442,6 +463,7 @@ def _measure(
     r = gen.run_step(n, opened["ports"], args.duration, args.warmup, relay.pid, args.relay_core)
     closed = relay.call(cmd="close")
     r["relay_dropped"] = closed["dropped"]
+    r["gc"] = closed["gc"]
     r["ok"] = _keeps_up(r, baseline_us)
     # Another process (or the hypervisor: steal time counts as busy) took the relay's core,
     # or the generator itself fell behind its schedule: the step says nothing about the relay.
@@ -467,9 +489,14 @@ def _print_row(kind: str, r: dict[str, Any], baseline_us: float) -> None:
         f"{kind:5} N={r['n']:4d} {r['pps']:8.0f} pps  lost {r['lost']:6d}  "
         f"added p50 {r['p50_us'] - baseline_us:8.1f} us  p99 {r['p99_us'] - baseline_us:9.1f} us  "
         f"cpu {r['relay_cpu']:5.1%}  {r['cpu_per_kpps']:.2f}%core/kpps "
-        f"({r['us_per_packet']:.1f} us/pkt)  {'  '.join(flags)}",
+        f"({r['us_per_packet']:.1f} us/pkt)  gc {_gc_text(r['gc'])}  {'  '.join(flags)}",
         flush=True,
     )
+
+
+def _gc_text(stats: dict[str, list[float]]) -> str:
+    """Collections per generation during the step: count, longest pause (ms)."""
+    return " ".join(f"g{gen}:{int(n)}/{worst:.1f}ms" for gen, (n, worst, _total) in stats.items())
 
 
 def _best(results: list[dict[str, Any]]) -> dict[str, Any] | None:

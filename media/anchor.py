@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from media.errors import SdpError
 from media.ports import PortAllocator
 from media.relay import CallMediaStats, Leg, RelayConfig
-from media.sdp import LegOrigin, parse
+from media.sdp import LegOrigin, SessionDescription, parse
 from media.session import PassthroughSession
 from media.transport import RelayManager, RelaySession
 
@@ -38,6 +38,7 @@ class RelayMediaSession:
         clock: Callable[[], float],
         rng: random.Random,
         a_signal_ip: str | None,
+        parsed: SessionDescription | None = None,
     ) -> None:
         self.session = session
         self.relay = session.relay
@@ -46,11 +47,13 @@ class RelayMediaSession:
         self._b_signal_ip: str | None = None
         # The o= line the switch presents to each leg: one per dialog.
         self._origin = {Leg.A: LegOrigin.create(rng), Leg.B: LegOrigin.create(rng)}
-        self._b_offer = self._anchor(Leg.A, a_offer)
+        self._b_offer = self._anchor(Leg.A, a_offer, parsed)
 
-    def _anchor(self, from_leg: Leg, body: bytes) -> bytes:
-        """Learn ``from_leg``'s media from ``body``; the SDP for the other leg."""
-        sd = parse(body)  # SdpError (488) when it does not parse
+    def _anchor(self, from_leg: Leg, body: bytes, sd: SessionDescription | None = None) -> bytes:
+        """Learn ``from_leg``'s media from ``body`` (``sd``: already parsed); the SDP for the
+        other leg."""
+        if sd is None:
+            sd = parse(body)  # SdpError (488) when it does not parse
         signal_ip = self._a_signal_ip if from_leg is Leg.A else self._b_signal_ip
         return self.relay.anchor(
             from_leg, sd, self._clock(), self._origin[from_leg.other], signal_ip
@@ -95,12 +98,17 @@ class MediaManager:
         ports: tuple[int, int],
         rng: random.Random,
         config: RelayConfig | None = None,
+        pool: int = 1024,
     ) -> None:
         self.mode = mode
         self.media_ip = media_ip
         self.rng = rng
         self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
-        self.relay = RelayManager(media_ip, self.allocator, config)
+        # ``pool``: pre-bound RTP/RTCP pairs reused across calls (media/transport.py
+        # SocketPool), so opening and closing a call's media binds and closes nothing.
+        self.relay = RelayManager(
+            media_ip, self.allocator, config, pool=pool if mode != "bypass" else 0
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._webrtc: dict[str, WebRtcSession] = {}
         # Browser sessions' shutdown tasks, held until done (the loop keeps only weak refs).
@@ -122,12 +130,18 @@ class MediaManager:
             return await self._open_webrtc(call_id, a_offer)
         if self.mode == "bypass" or not a_offer:
             return PassthroughSession(a_offer)
-        parse(a_offer)  # a bad offer is refused before any port is taken
+        sd = parse(a_offer)  # a bad offer is refused before any port is taken
         loop = self._loop = self._loop or asyncio.get_running_loop()
+        # Does not suspend while the socket pool has pairs: no Task for the caller to make.
         session = await self.relay.open_session(call_id)
         try:
             return RelayMediaSession(
-                session, a_offer, clock=loop.time, rng=self.rng, a_signal_ip=a_signal_ip
+                session,
+                a_offer,
+                clock=loop.time,
+                rng=self.rng,
+                a_signal_ip=a_signal_ip,
+                parsed=sd,
             )
         except SdpError:
             self.relay.close_session(call_id)

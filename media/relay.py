@@ -78,6 +78,10 @@ class Leg(enum.Enum):
     A = "A"
     B = "B"
 
+    # Members are singletons compared by identity: the identity hash is consistent with that,
+    # and keeps Enum's Python-level __hash__ off the (leg, rtcp) lookups of every SDP.
+    __hash__ = object.__hash__
+
     @property
     def other(self) -> Leg:
         return Leg.B if self is Leg.A else Leg.A
@@ -129,11 +133,12 @@ class Stream:
         """
         # RFC 3550 §5.1/§6.4: version 2 and at least an RTCP header; RTP needs 12 octets.
         # Checked before the source, so garbage never latches.
-        if len(data) < RTCP_MIN_LEN or data[0] & 0xC0 != 0x80:
+        size = len(data)
+        if size < RTCP_MIN_LEN or data[0] & 0xC0 != 0x80:
             self.malformed += 1
             return None
         control = self.rtcp or 192 <= data[1] <= 223  # RFC 5761 §4: RTCP on a muxed port
-        if not control and len(data) < RTP_HEADER_LEN:
+        if not control and size < RTP_HEADER_LEN:
             self.malformed += 1
             return None
         if addr != self.latched and not self._learn(addr, now):
@@ -146,23 +151,25 @@ class Stream:
             # media.rtp.SeqStats.update, inlined: a method call per packet costs more than this.
             seq = (data[2] << 8) | data[3]
             s = self.seq
-            if s.max_seq < 0:
+            max_seq = s.max_seq
+            if max_seq < 0:
                 s.base = s.max_seq = seq
             else:
-                delta = (seq - s.max_seq) & 0xFFFF
+                delta = (seq - max_seq) & 0xFFFF
                 if delta < MAX_DROPOUT:
-                    if seq < s.max_seq:
+                    if seq < max_seq:
                         s.cycles += SEQ_MOD
                     s.max_seq = seq
                 elif delta <= SEQ_MOD - MAX_MISORDER:
                     s.restart(seq)
             s.received += 1
-        dest = self.peer.dest if self.peer is not None else None
+        peer = self.peer
+        dest = peer.dest if peer is not None else None
         if dest is None:
             self.unroutable += 1
             return None
         self.packets += 1
-        self.octets += len(data)
+        self.octets += size
         return dest
 
     def _learn(self, addr: Addr, now: float) -> bool:

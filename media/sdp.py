@@ -45,6 +45,7 @@ treats the leg as held.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Sequence
@@ -188,47 +189,47 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _connection(value: str, where: str) -> Connection:
+def _connection(value: str, number: int) -> Connection:
+    # ``number``: the SDP line, for the error (the message is only built for a bad line).
     parts = value.split()
     if len(parts) != 3:
-        raise SdpError(f"bad c= {where}: {value!r}")
+        raise SdpError(f"bad c= on line {number}: {value!r}")
     nettype, addrtype, addr = parts
     if nettype != "IN" or addrtype not in ("IP4", "IP6"):
-        raise SdpError(f"unsupported c= {where}: {value!r}")
+        raise SdpError(f"unsupported c= on line {number}: {value!r}")
     address = addr.split("/", 1)[0]  # drop multicast /ttl/count (RFC 4566 §5.7)
     if not address:
-        raise SdpError(f"empty c= address {where}")
+        raise SdpError(f"empty c= address on line {number}")
     return Connection(nettype, addrtype, address)
 
 
-def _rtcp(value: str, where: str) -> tuple[int, Connection | None]:
+def _rtcp(value: str, number: int) -> tuple[int, Connection | None]:
     # RFC 3605 §2.1: a=rtcp:<port> [<nettype> <addrtype> <connection-address>]
     parts = value.split()
     if not parts or not _digits(parts[0]) or int(parts[0]) > 65535:
-        raise SdpError(f"bad a=rtcp {where}: {value!r}")
+        raise SdpError(f"bad a=rtcp on line {number}: {value!r}")
     if len(parts) == 1:
         return int(parts[0]), None
     if len(parts) != 4:
-        raise SdpError(f"bad a=rtcp {where}: {value!r}")
-    return int(parts[0]), _connection(" ".join(parts[1:]), where)
+        raise SdpError(f"bad a=rtcp on line {number}: {value!r}")
+    return int(parts[0]), _connection(" ".join(parts[1:]), number)
 
 
 def _media_line(value: str, index: int) -> MediaDescription:
     # RFC 4566 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
     parts = value.split()
-    where = f"in m= line {index + 1}"
     if len(parts) < 3:
         raise SdpError(f"bad m= line {index + 1}: {value!r}")
     media, port_text, proto, *formats = parts
     port_str, slash, count_str = port_text.partition("/")
     if not _digits(port_str) or int(port_str) > 65535:
-        raise SdpError(f"bad port {where}: {port_text!r}")
+        raise SdpError(f"bad port in m= line {index + 1}: {port_text!r}")
     if slash and not _digits(count_str):
-        raise SdpError(f"bad port count {where}: {port_text!r}")
+        raise SdpError(f"bad port count in m= line {index + 1}: {port_text!r}")
     port = int(port_str)
     # RFC 3264 §6: even a rejected stream keeps its formats, but tolerate none on port 0.
     if not formats and port != 0:
-        raise SdpError(f"no formats {where}: {value!r}")
+        raise SdpError(f"no formats in m= line {index + 1}: {value!r}")
     return MediaDescription(
         index=index,
         media=media,
@@ -237,6 +238,16 @@ def _media_line(value: str, index: int) -> MediaDescription:
         proto=proto,
         formats=tuple(formats),
     )
+
+
+def _raise_syntax_error(lines: list[str]) -> None:
+    """Raise for the first line that is not ``<type>=<value>``, if any (error path only)."""
+    for number, raw in enumerate(lines, 1):
+        line = raw.rstrip("\r")
+        if not line or line.isspace():
+            continue
+        if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
+            raise SdpError(f"SDP line {number} is not <type>=<value>: {line[:40]!r}")
 
 
 def parse(body: bytes) -> SessionDescription:
@@ -249,20 +260,7 @@ def parse(body: bytes) -> SessionDescription:
     """
     if len(body) > MAX_SDP_BYTES:
         raise SdpError(f"SDP body of {len(body)} bytes exceeds {MAX_SDP_BYTES}")
-    text = body.decode("latin-1")
-    records: list[tuple[int, str, str]] = []
-    for number, raw in enumerate(text.split("\n"), 1):
-        line = raw.rstrip("\r")
-        if not line.strip():
-            continue  # blank lines, including the one after the final CRLF
-        if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
-            raise SdpError(f"SDP line {number} is not <type>=<value>: {line[:40]!r}")
-        records.append((number, line[0], line[2:]))
-    if not records:
-        raise SdpError("empty SDP body")
-    if records[0][1:] != ("v", "0"):
-        raise SdpError(f"SDP must start with v=0, got {records[0][1]}={records[0][2][:20]!r}")
-
+    lines = body.decode("latin-1").split("\n")
     origin: Origin | None = None
     session_name: str | None = None
     session_conn: Connection | None = None
@@ -271,50 +269,71 @@ def parse(body: bytes) -> SessionDescription:
     session_lines: list[tuple[str, str]] = []
     media: list[MediaDescription] = []
     current: MediaDescription | None = None
+    seen_v = False
 
-    for number, typ, value in records[1:]:
-        where = f"on line {number}"
-        if typ == "m":
-            if len(media) >= MAX_MEDIA:
-                raise SdpError(f"more than {MAX_MEDIA} m= lines")
-            current = _media_line(value, len(media))
-            media.append(current)
-            continue
-        if typ == "v":
-            raise SdpError(f"second v= line {where}")
-        if current is None:
-            if typ == "o":
-                if origin is not None:
-                    raise SdpError(f"second o= line {where}")
-                fields = value.split()
-                if len(fields) != 6:
-                    raise SdpError(f"bad o= line {where}: {value!r}")
-                origin = Origin(*fields)
-            elif typ == "s":
-                session_name = value
-            elif typ == "c":
-                session_conn = _connection(value, where)
+    # One pass (a call's SDP is parsed twice per call, so this loop is per-call cost). A line
+    # that is not <type>=<value> anywhere in the body is still the error reported first, as
+    # with a separate syntax pass: see the except clause.
+    try:
+        for number, raw in enumerate(lines, 1):
+            line = raw.rstrip("\r") if raw[-1:] == "\r" else raw
+            if not line or line.isspace():
+                continue  # blank lines, including the one after the final CRLF
+            typ = line[0]
+            if len(line) < 2 or line[1] != "=" or not "a" <= typ <= "z":
+                raise SdpError(f"SDP line {number} is not <type>=<value>: {line[:40]!r}")
+            value = line[2:]
+            if not seen_v:
+                if typ != "v" or value != "0":
+                    raise SdpError(f"SDP must start with v=0, got {typ}={value[:20]!r}")
+                seen_v = True
+                continue
+            if typ == "m":
+                if len(media) >= MAX_MEDIA:
+                    raise SdpError(f"more than {MAX_MEDIA} m= lines")
+                current = _media_line(value, len(media))
+                media.append(current)
+                continue
+            if typ == "v":
+                raise SdpError(f"second v= line on line {number}")
+            if current is None:
+                if typ == "o":
+                    if origin is not None:
+                        raise SdpError(f"second o= line on line {number}")
+                    fields = value.split()
+                    if len(fields) != 6:
+                        raise SdpError(f"bad o= line on line {number}: {value!r}")
+                    origin = Origin(*fields)
+                elif typ == "s":
+                    session_name = value
+                elif typ == "c":
+                    session_conn = _connection(value, number)
+                elif typ == "a":
+                    name = _attr_name(value)
+                    if name in DIRECTIONS:
+                        session_dir = name
+                    elif name in ICE_ATTRIBUTES:
+                        session_ice = session_ice or name == "candidate"
+                session_lines.append((typ, value))
+                continue
+            if typ == "c":
+                current.connection = _connection(value, number)
             elif typ == "a":
-                name = _attr_name(value)
+                name, _, attr_value = value.partition(":")
                 if name in DIRECTIONS:
-                    session_dir = name
-                elif name in ICE_ATTRIBUTES:
-                    session_ice = session_ice or name == "candidate"
-            session_lines.append((typ, value))
-            continue
-        if typ == "c":
-            current.connection = _connection(value, where)
-        elif typ == "a":
-            name, _, attr_value = value.partition(":")
-            if name in DIRECTIONS:
-                current.direction = name
-            elif name == "rtcp":
-                current.rtcp = _rtcp(attr_value, where)
-            elif name == "rtcp-mux":
-                current.rtcp_mux = True
-            elif name == "candidate":
-                current.has_candidates = True
-        current.lines.append((typ, value))
+                    current.direction = name
+                elif name == "rtcp":
+                    current.rtcp = _rtcp(attr_value, number)
+                elif name == "rtcp-mux":
+                    current.rtcp_mux = True
+                elif name == "candidate":
+                    current.has_candidates = True
+            current.lines.append((typ, value))
+    except SdpError:
+        _raise_syntax_error(lines)
+        raise
+    if not seen_v:
+        raise SdpError("empty SDP body")
 
     if origin is None:
         raise SdpError("SDP has no o= line")
@@ -502,6 +521,7 @@ def rewrite(
     return f"v=0{CRLF}o={o_line}{CRLF}{rest}{CRLF}".encode("latin-1")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; ipaddress parsing was a fifth of a call's SDP work
 def is_usable_address(ip: str, media_ip: str) -> bool:
     """Whether packets from ``ip`` can be expected as the SDP says (for strict latching).
 

@@ -7,6 +7,17 @@ stream says to forward. Per packet that is one ``datagram_received`` call, one
 ``bytes`` and address tuple asyncio already made, nothing is logged, and the payload is sent
 as the same ``bytes`` object it arrived in (no copy).
 
+Socket pool
+-----------
+Binding four sockets and creating their transports, then closing them, was most of what
+anchoring cost per call (issue 13). With ``RelayManager(pool=N)`` (``MediaManager`` sets it) a
+call's two RTP/RTCP pairs come from a :class:`SocketPool` of bound, receiving pairs and go back
+to it when the call ends, so opening a call's media does not suspend and binds nothing. A pair
+in the pool drops whatever arrives; it serves another call only after ``min_idle`` seconds,
+with its socket buffers drained and fresh streams (no latch survives), so the previous call's
+late packets never reach the next one. Idle pairs close after ``linger`` seconds: the pool
+holds what the recent call rate needs, and ``/metrics`` counts idle pooled pairs as free.
+
 Scaling beyond one core
 -----------------------
 One relay process forwards about as many calls as one core allows (see ``bench/bench_relay.py``
@@ -29,6 +40,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -41,16 +53,20 @@ logger = logging.getLogger(__name__)
 
 #: Ports already taken by another process are skipped; give up after this many tries.
 _BIND_ATTEMPTS = 8
+_NEVER = float("-inf")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
     """One bound socket. ``out`` is the peer socket's transport (set once all four exist)."""
 
-    __slots__ = ("_time", "errors", "on_lost", "out", "stream", "transport")
+    __slots__ = ("_time", "errors", "on_lost", "out", "sock", "stream", "transport")
 
-    def __init__(self, stream: Stream, time: Callable[[], float]) -> None:
+    def __init__(
+        self, stream: Stream, time: Callable[[], float], sock: socket.socket | None = None
+    ) -> None:
         self.stream = stream
         self._time = time
+        self.sock = sock  # the bound socket itself: a pooled pair drains it before reuse
         self.transport: asyncio.DatagramTransport | None = None
         self.out: asyncio.DatagramTransport | None = None
         self.on_lost: Callable[[], None] | None = None
@@ -159,6 +175,293 @@ def bind_pair(
     raise PortsExhausted(f"{_BIND_ATTEMPTS} RTP port pairs in a row are taken by others")
 
 
+#: What an idle pooled socket feeds its datagrams to: a stream that knows no peer, so every
+#: datagram is dropped (counted here as foreign, a figure nobody reads).
+_IDLE = Stream(Leg.A, False, RelayConfig())
+#: Datagrams discarded from one socket when a pooled pair is taken; beyond that the socket is
+#: being flooded, and the new call's latching (announced IP only) is what stands in the way.
+_DRAIN_MAX = 256
+
+
+class _Pair:
+    """An even/odd port pair bound on the media address: RTP and RTCP endpoints, receiving.
+
+    A pair belongs to one call at a time (:meth:`attach`), or idles in a :class:`SocketPool`
+    dropping whatever arrives. Its port goes back to the allocator once both sockets are
+    really closed (:meth:`close`, then the loop's next turn).
+    """
+
+    __slots__ = (
+        "_open",
+        "_release",
+        "idle_since",
+        "on_released",
+        "port",
+        "ready_at",
+        "rtcp",
+        "rtp",
+    )
+
+    def __init__(
+        self, port: int, rtp: _Endpoint, rtcp: _Endpoint, release: Callable[[int], object]
+    ) -> None:
+        self.port = port
+        self.rtp, self.rtcp = rtp, rtcp
+        self._release = release
+        self._open = 2
+        self.idle_since = _NEVER  # in a pool since (closed after the pool's linger time)
+        self.ready_at = _NEVER  # in a pool: may serve a call from then on
+        self.on_released: Callable[[], object] | None = None
+        rtp.on_lost = rtcp.on_lost = self._lost
+
+    def attach(self, rtp: Stream, rtcp: Stream) -> None:
+        self.rtp.stream, self.rtcp.stream = rtp, rtcp
+        self.rtp.errors = self.rtcp.errors = 0  # ICMP errors while idle were not this call's
+
+    def detach(self) -> int:
+        """Back to idle: drop everything from now on; the send errors counted while attached."""
+        errors = self.rtp.errors + self.rtcp.errors
+        for ep in (self.rtp, self.rtcp):
+            ep.stream, ep.out, ep.errors = _IDLE, None, 0
+        return errors
+
+    def drain(self) -> None:
+        """Discard datagrams already queued on both sockets (sent to the previous call)."""
+        for ep in (self.rtp, self.rtcp):
+            sock = ep.sock
+            if sock is None:
+                continue
+            for _ in range(_DRAIN_MAX):
+                try:
+                    sock.recv(1)  # a datagram is consumed whole, whatever the buffer size
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # a queued ICMP error (ECONNREFUSED ...): consumed, go on
+
+    def close(self) -> None:
+        for ep in (self.rtp, self.rtcp):
+            ep.out = None
+            if ep.transport is not None:
+                ep.transport.close()
+
+    @property
+    def released(self) -> bool:
+        return self._open == 0
+
+    @property
+    def intact(self) -> bool:
+        """Both sockets still open (a socket error can close one while the pair idles)."""
+        return self._open == 2 and not any(
+            ep.transport is None or ep.transport.is_closing() for ep in (self.rtp, self.rtcp)
+        )
+
+    def _lost(self) -> None:
+        self._open -= 1
+        if self._open:
+            return
+        self._release(self.port)
+        callback, self.on_released = self.on_released, None
+        if callback is not None:
+            callback()
+
+
+async def _open_pair(
+    media_ip: str, allocator: PortAllocator, loop: asyncio.AbstractEventLoop
+) -> _Pair:
+    """Bind a pair (:func:`bind_pair`) and start receiving on it, idle.
+
+    Raises what :func:`bind_pair` raises; nothing stays allocated or bound when it raises.
+    """
+    port, socks = bind_pair(media_ip, allocator)
+    endpoints = [_Endpoint(_IDLE, loop.time, sock) for sock in socks]
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        for sock, ep in zip(socks, endpoints, strict=True):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda ep=ep: ep,  # type: ignore[misc]
+                sock=sock,
+            )
+            transports.append(transport)
+    except BaseException:
+        # Cancelled or failed half way: close what was opened, give the port back.
+        for tr in transports:
+            tr.close()
+        for sock in socks[len(transports) :]:
+            sock.close()
+        allocator.release(port)
+        raise
+    return _Pair(port, endpoints[0], endpoints[1], allocator.release)
+
+
+def _fd_limit() -> int:
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1024
+    return soft if soft > 0 else 1 << 20  # RLIM_INFINITY is -1
+
+
+class SocketPool:
+    """Bound, receiving RTP/RTCP pairs kept across calls: a call's media opens and closes
+    without a bind, a transport or a close (issue 13: those were most of its setup cost).
+
+    A call's pairs come back here when it ends (:meth:`give`) and serve later calls
+    (:meth:`take`). Safety: a pair given back drops every datagram from then on; it is taken
+    again only after ``min_idle`` seconds (FIFO, so as late as the pool allows), its sockets
+    drained; and the call taking it gets fresh streams, so nothing latched for the previous
+    call survives. Bounded: at most ``size`` idle pairs (and never more than a quarter of the
+    port range, which WebRTC calls share, nor of RLIMIT_NOFILE); a pair given back to a full
+    pool is closed, and so is one that idled ``linger`` seconds: the pool holds what the recent
+    call rate needs, and an idle switch holds no socket. Pairs missing when calls come faster
+    than calls end are bound off the call path by one background task (the call that missed
+    binds its own).
+    """
+
+    def __init__(
+        self,
+        media_ip: str,
+        allocator: PortAllocator,
+        size: int,
+        *,
+        min_idle: float = 0.25,
+        linger: float = 1.0,
+    ) -> None:
+        self.media_ip = media_ip
+        self.allocator = allocator
+        # Idle pairs use at most a quarter of the port range and of the file descriptors
+        # (two per pair): calls must never fail for sockets the pool sits on.
+        self.size = max(0, min(size, allocator.capacity // 4, _fd_limit() // 8))
+        self.min_idle = min_idle
+        self.linger = max(linger, min_idle)
+        self._idle: deque[_Pair] = deque()
+        self._deficit = 0  # pairs the refill task should bind
+        self._refill: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[_Pair] = set()
+        self.closed = False
+        self.hits = 0  # pairs taken from the pool
+        self.misses = 0  # takes that found no pair idle long enough (the caller binds one)
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self, now: float, *, force: bool = False) -> _Pair | None:
+        """An idle pair, drained; None if none has idled ``min_idle`` s (``force``: any)."""
+        self._trim(now)
+        idle = self._idle
+        while idle and not idle[0].intact:
+            self._close(idle.popleft())
+        if not idle or (not force and idle[0].ready_at > now):
+            if not force:
+                self.misses += 1
+                self._want()
+            return None
+        self.hits += 1
+        pair = idle.popleft()
+        pair.drain()
+        return pair
+
+    def give(self, pair: _Pair, now: float) -> bool:
+        """Take ``pair`` back (detached) for a later call; False (the caller closes it) when
+        the pool is full or closed."""
+        self._trim(now)
+        if self.closed or len(self._idle) >= self.size:
+            return False
+        pair.idle_since = now
+        pair.ready_at = now + self.min_idle
+        self._idle.append(pair)
+        self._arm()
+        return True
+
+    def _trim(self, now: float) -> None:
+        idle = self._idle
+        while idle and idle[0].idle_since + self.linger < now:
+            self._close(idle.popleft())
+
+    def _arm(self) -> None:
+        if self._timer is not None or self.closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(self.linger / 2, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Trims a pool no call touches any more (the calls stopped).
+        self._timer = None
+        self._trim(loop.time())
+        if self._idle:
+            self._arm()
+
+    def _close(self, pair: _Pair) -> None:
+        pair.close()
+        if not pair.released:
+            self._closing.add(pair)
+            pair.on_released = lambda: self._closing.discard(pair)
+
+    def _want(self) -> None:
+        if self.closed or not self.size:
+            return
+        self._deficit = min(self._deficit + 1, self.size - len(self._idle))
+        if self._refill is not None or self._deficit <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._refill = loop.create_task(self._fill(loop))
+        # Cleared when done, cancelled before it ran included (its finally never runs then).
+        self._refill.add_done_callback(self._refilled)
+
+    def _refilled(self, task: asyncio.Task[None]) -> None:
+        if self._refill is task:
+            self._refill = None
+            self._deficit = 0
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            # Keep a quarter of the free pairs for calls that bind their own (WebRTC).
+            while (
+                self._deficit > 0
+                and not self.closed
+                and len(self._idle) < self.size
+                and self.allocator.free > self.allocator.capacity // 4
+            ):
+                pair = await _open_pair(self.media_ip, self.allocator, loop)
+                if self.closed:
+                    self._close(pair)
+                    break
+                self._deficit -= 1
+                # Never used: ready at once, so ahead of the pairs still idling.
+                pair.idle_since = pair.ready_at = loop.time()
+                self._idle.appendleft(pair)
+                self._arm()
+        except MediaError as exc:  # PortsExhausted too: calls bind their own meanwhile
+            logger.warning("RTP socket pool refill stopped: %s", exc)
+
+    def close(self) -> None:
+        """Close every idle pair and stop refilling (shutdown)."""
+        self.closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._idle:
+            self._close(self._idle.popleft())
+
+    async def wait_closed(self) -> None:
+        """Until every pair closed by the pool is closed and its port back."""
+        if self._refill is not None:
+            await asyncio.wait([self._refill])
+        while self._closing:
+            await asyncio.sleep(0)  # closed sockets go within a loop turn or two
+
+
 class RelaySession:
     """One call's four sockets (A RTP/RTCP, B RTP/RTCP) around its :class:`CallRelay`.
 
@@ -168,10 +471,11 @@ class RelaySession:
 
     __slots__ = (
         "_closing",
-        "_endpoints",
-        "_open",
-        "_ports",
-        "_release",
+        "_errors",
+        "_pairs",
+        "_pending",
+        "_pool",
+        "_time",
         "_waiter",
         "call_id",
         "on_released",
@@ -182,21 +486,26 @@ class RelaySession:
         self,
         call_id: str,
         relay: CallRelay,
-        endpoints: list[_Endpoint],
-        ports: tuple[int, int],
-        release: Callable[[int], object],
+        pairs: tuple[_Pair, _Pair],
+        pool: SocketPool | None = None,
+        time: Callable[[], float] | None = None,
     ) -> None:
         self.call_id = call_id
         self.relay = relay
-        self._endpoints = endpoints
-        self._ports = ports
-        self._release = release
+        self._pairs = pairs
+        self._pool = pool
+        self._time = time  # the loop's clock: when a pair went back to the pool
         self._closing = False
-        self._open = len(endpoints)  # sockets not yet closed
+        self._errors = 0
+        self._pending = 2  # pairs not yet back in the pool or released
         self._waiter: asyncio.Future[None] | None = None
         self.on_released: Callable[[RelaySession], object] | None = None
-        for ep in endpoints:
-            ep.on_lost = self._socket_closed
+        a, b = pairs
+        a.attach(relay.stream(Leg.A, False), relay.stream(Leg.A, True))
+        b.attach(relay.stream(Leg.B, False), relay.stream(Leg.B, True))
+        # A's RTP goes out of B's RTP socket and so on (relay.py pairs the streams the same way).
+        a.rtp.out, b.rtp.out = b.rtp.transport, a.rtp.transport
+        a.rtcp.out, b.rtcp.out = b.rtcp.transport, a.rtcp.transport
 
     @classmethod
     async def open(
@@ -206,55 +515,42 @@ class RelaySession:
         allocator: PortAllocator,
         config: RelayConfig | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        pool: SocketPool | None = None,
     ) -> RelaySession:
-        """Allocate two port pairs, bind four sockets on ``media_ip``, start receiving.
+        """Two port pairs (from ``pool`` when it has idle ones, else bound now), receiving.
 
         Raises:
             PortsExhausted: (503) no free pair, or every tried port was taken by another
                 process. Nothing stays allocated or bound when this raises.
         """
         loop = loop or asyncio.get_running_loop()
-        pairs: list[int] = []
-        socks: list[socket.socket] = []
-        transports: list[asyncio.BaseTransport] = []
+        now = loop.time()
+        pairs: list[_Pair] = []
         try:
             for _ in range(2):
-                port, pair = bind_pair(media_ip, allocator)
-                pairs.append(port)
-                socks.extend(pair)
-            relay = CallRelay(media_ip, pairs[0], pairs[1], config)
-            streams = [
-                relay.stream(Leg.A, False),
-                relay.stream(Leg.A, True),
-                relay.stream(Leg.B, False),
-                relay.stream(Leg.B, True),
-            ]
-            endpoints = [_Endpoint(s, loop.time) for s in streams]
-            for sock, ep in zip(socks, endpoints, strict=True):
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda ep=ep: ep,  # type: ignore[misc]
-                    sock=sock,
-                )
-                transports.append(transport)
+                pair = pool.take(now) if pool is not None else None
+                if pair is None:
+                    try:
+                        pair = await _open_pair(media_ip, allocator, loop)
+                    except PortsExhausted:
+                        # Every port is a call's or idles in the pool: a pair that idled
+                        # less than min_idle (drained, fresh latch) beats a 503.
+                        pair = pool.take(now, force=True) if pool is not None else None
+                        if pair is None:
+                            raise
+                pairs.append(pair)
         except BaseException:
-            # Cancelled or failed half way: close what was opened, give every port back.
-            for tr in transports:
-                tr.close()
-            for sock in socks[len(transports) :]:
-                sock.close()
-            for port in pairs:
-                allocator.release(port)
+            for pair in pairs:
+                if pool is None or not pool.give(pair, now):
+                    pair.close()
             raise
-        # A's RTP goes out of B's RTP socket and so on (relay.py pairs the streams the same way).
-        a_rtp, a_rtcp, b_rtp, b_rtcp = endpoints
-        a_rtp.out, b_rtp.out = b_rtp.transport, a_rtp.transport
-        a_rtcp.out, b_rtcp.out = b_rtcp.transport, a_rtcp.transport
-        return cls(call_id, relay, endpoints, (pairs[0], pairs[1]), allocator.release)
+        relay = CallRelay(media_ip, pairs[0].port, pairs[1].port, config)
+        return cls(call_id, relay, (pairs[0], pairs[1]), pool, loop.time)
 
     @property
     def ports(self) -> tuple[int, int]:
         """The switch's RTP ports facing A and B (RTCP is each + 1)."""
-        return self._ports
+        return self._pairs[0].port, self._pairs[1].port
 
     @property
     def closed(self) -> bool:
@@ -263,20 +559,28 @@ class RelaySession:
 
     @property
     def send_errors(self) -> int:
-        return sum(ep.errors for ep in self._endpoints)
+        if self._closing:
+            return self._errors
+        return sum(p.rtp.errors + p.rtcp.errors for p in self._pairs)
 
     def close(self) -> CallMediaStats:
-        """Close the four sockets (idempotent); the final counters.
+        """Stop relaying (idempotent); the final counters.
 
-        The ports return to the allocator when the sockets are really closed, on the next
-        loop iteration (:meth:`wait_closed`), so a new call never gets a port still bound.
+        Each pair goes back to the pool, or is closed: its port then returns to the allocator
+        when its sockets are really closed, on the next loop iteration (:meth:`wait_closed`),
+        so a new call never gets a port still bound.
         """
         if not self._closing:
             self._closing = True
-            for ep in self._endpoints:
-                ep.out = None
-                if ep.transport is not None:
-                    ep.transport.close()
+            pool = self._pool
+            now = self._time() if self._time is not None else 0.0
+            for pair in self._pairs:
+                self._errors += pair.detach()
+                if (pool is not None and pool.give(pair, now)) or pair.released:
+                    self._pair_released()
+                else:
+                    pair.on_released = self._pair_released
+                    pair.close()
         return self.relay.stats()
 
     async def wait_closed(self) -> None:
@@ -287,12 +591,10 @@ class RelaySession:
             self._waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._waiter)
 
-    def _socket_closed(self) -> None:
-        self._open -= 1
-        if self._open:
+    def _pair_released(self) -> None:
+        self._pending -= 1
+        if self._pending:
             return
-        for port in self._ports:
-            self._release(port)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self.on_released is not None:
@@ -300,7 +602,7 @@ class RelaySession:
 
     @property
     def ports_released(self) -> bool:
-        return self._open == 0
+        return self._pending == 0
 
 
 class RelayManager:
@@ -311,10 +613,20 @@ class RelayManager:
         media_ip: str,
         allocator: PortAllocator,
         config: RelayConfig | None = None,
+        *,
+        pool: int = 0,
+        pool_min_idle: float = 0.25,
+        pool_linger: float = 1.0,
     ) -> None:
         self.media_ip = media_ip
         self.allocator = allocator
         self.config = config or RelayConfig()
+        # Pre-bound pairs reused across calls (0: every call binds and closes its own).
+        self.pool = (
+            SocketPool(media_ip, allocator, pool, min_idle=pool_min_idle, linger=pool_linger)
+            if pool > 0
+            else None
+        )
         self._sessions: dict[str, RelaySession] = {}
         self._opened = 0
         self._refused = 0
@@ -333,7 +645,9 @@ class RelayManager:
         if call_id in self._sessions:
             raise InvalidStateError(f"relay session for {call_id} already open")
         try:
-            session = await RelaySession.open(call_id, self.media_ip, self.allocator, self.config)
+            session = await RelaySession.open(
+                call_id, self.media_ip, self.allocator, self.config, pool=self.pool
+            )
         except PortsExhausted:
             self._refused += 1
             raise
@@ -360,15 +674,19 @@ class RelayManager:
         return stats
 
     def close_all(self) -> None:
-        """Close every session (shutdown, after the BYEs)."""
+        """Close every session and the socket pool (shutdown, after the BYEs)."""
         self.stop_watchdog()
         for call_id in list(self._sessions):
             self.close_session(call_id)
+        if self.pool is not None:
+            self.pool.close()
 
     async def wait_closed(self) -> None:
         """Until the sockets of every session closed so far are closed (ports back)."""
         for session in list(self._closing_sessions):
             await session.wait_closed()
+        if self.pool is not None and self.pool.closed:
+            await self.pool.wait_closed()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -387,7 +705,7 @@ class RelayManager:
             unroutable=c.unroutable,
             lost=c.lost,
             send_errors=c.send_errors,
-            ports_free=self.allocator.free,
+            ports_free=self.allocator.free + (len(self.pool) if self.pool is not None else 0),
             ports_capacity=self.allocator.capacity,
         )
         for session in self._sessions.values():

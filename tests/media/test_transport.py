@@ -109,13 +109,39 @@ async def call(manager: RelayManager, call_id: str) -> Call:
     return Call(session, a, a_rtcp, b, b_rtcp)
 
 
-def manager(low: int = LOW, high: int = HIGH) -> RelayManager:
-    return RelayManager("127.0.0.1", PortAllocator(low, high, random.Random(11)))
+def manager(
+    low: int = LOW, high: int = HIGH, pool: int = 0, min_idle: float = 0.25
+) -> RelayManager:
+    return RelayManager(
+        "127.0.0.1",
+        PortAllocator(low, high, random.Random(11)),
+        pool=pool,
+        pool_min_idle=min_idle,
+    )
 
 
-async def test_rtp_both_ways_payload_unchanged() -> None:
-    mgr = manager()
-    c = await call(mgr, "call-1")
+async def reused_call(mgr: RelayManager, call_id: str) -> Call:
+    """A call whose four sockets come from the socket pool: a call before it gave them back."""
+    assert mgr.pool is not None
+    used: set[int] = set()
+    for i in range(10):  # more pairs than the pool holds: every idle pair has carried a call
+        before = await mgr.open_session(f"{call_id}-before-{i}")
+        used.update(before.ports)
+        mgr.close_session(before.call_id)
+    hits = mgr.pool.hits
+    c = await call(mgr, call_id)
+    assert mgr.pool.hits == hits + 2 and set(c.session.ports) <= used
+    return c
+
+
+# Every test that carries packets runs on freshly bound sockets and on pooled ones.
+POOLED = pytest.mark.parametrize("pooled", [False, True], ids=["bound", "pooled"])
+
+
+@POOLED
+async def test_rtp_both_ways_payload_unchanged(pooled: bool) -> None:
+    mgr = manager(pool=8, min_idle=0.0) if pooled else manager()
+    c = await (reused_call if pooled else call)(mgr, "call-1")
     try:
         for seq in range(20):
             sent = rtp(seq)
@@ -139,9 +165,10 @@ async def test_rtp_both_ways_payload_unchanged() -> None:
         mgr.close_all()
 
 
-async def test_rtcp_on_its_own_port() -> None:
-    mgr = manager()
-    c = await call(mgr, "call-rtcp")
+@POOLED
+async def test_rtcp_on_its_own_port(pooled: bool) -> None:
+    mgr = manager(pool=8, min_idle=0.0) if pooled else manager()
+    c = await (reused_call if pooled else call)(mgr, "call-rtcp")
     try:
         report = rtcp_sr()
         c.a_rtcp.send(report, c.a_port + 1)
@@ -157,9 +184,10 @@ async def test_rtcp_on_its_own_port() -> None:
         mgr.close_all()
 
 
-async def test_spoofed_source_mid_call_is_ignored() -> None:
-    mgr = manager()
-    c = await call(mgr, "call-spoof")
+@POOLED
+async def test_spoofed_source_mid_call_is_ignored(pooled: bool) -> None:
+    mgr = manager(pool=8, min_idle=0.0) if pooled else manager()
+    c = await (reused_call if pooled else call)(mgr, "call-spoof")
     same_ip = await peer()
     other_ip = await peer("127.0.0.2")
     try:
@@ -361,3 +389,119 @@ async def test_ipv6_media_address() -> None:
         a.close()
         b.close()
         mgr.close_all()
+
+
+# -------------------------------------------------------------------------------- socket pool
+
+
+async def test_pooled_sockets_never_carry_the_previous_calls_late_packets() -> None:
+    mgr = manager(*free_port_range(80), pool=16, min_idle=0.0)
+    old = await call(mgr, "old")
+    fresh = [await peer() for _ in range(2)]  # the next calls' phones, on the same IP
+    try:
+        old.a.send(rtp(1), old.a_port)
+        assert (await old.b.recv())[0] == rtp(1)  # both legs latched
+        old.b.send(rtp(2), old.b_port)
+        assert (await old.a.recv())[0] == rtp(2)
+        mgr.close_session("old")
+        # After the BYE the old phones still send: queued on sockets that are in the pool now.
+        for seq in range(3):
+            old.a.send(rtp(100 + seq), old.a_port)
+            old.b.send(rtp(200 + seq), old.b_port)
+            old.a_rtcp.send(rtcp_sr(), old.a_port + 1)
+        # New calls take pairs until the old ones are handed out again (nothing yields
+        # meanwhile, so the late packets are still waiting in the sockets).
+        loop = asyncio.get_running_loop()
+        sessions = []
+        handed: set[int] = set()
+        while not {old.a_port, old.b_port} <= handed:
+            s = await mgr.open_session(f"new-{len(sessions)}")
+            now = loop.time()
+            s.relay.set_remote(Leg.A, MediaEndpoint("127.0.0.1", fresh[0].port, 9, "sendrecv"), now)
+            s.relay.set_remote(Leg.B, MediaEndpoint("127.0.0.1", fresh[1].port, 9, "sendrecv"), now)
+            s.relay.answered(now)
+            sessions.append(s)
+            handed.update(s.ports)
+        assert mgr.pool is not None and mgr.pool.hits >= 2
+        await asyncio.sleep(0.1)
+        for p in (*fresh, old.a, old.b, old.a_rtcp, old.b_rtcp):
+            assert await p.nothing(0.01)
+        for s in sessions:
+            stats = s.relay.stats()
+            assert stats.a_to_b.packets == stats.b_to_a.packets == 0
+            assert all(st.latched is None for st in s.relay.streams())
+        # The new call's own phone is latched and relayed as usual.
+        reused = next(s for s in sessions if old.a_port in s.ports)
+        leg_port = reused.ports[0] if reused.ports[0] == old.a_port else reused.ports[1]
+        sender = fresh[0] if leg_port == reused.ports[0] else fresh[1]
+        receiver = fresh[1] if sender is fresh[0] else fresh[0]
+        sender.send(rtp(300), leg_port)
+        assert (await receiver.recv())[0] == rtp(300)
+    finally:
+        for p in fresh:
+            p.close()
+        old.close()
+        mgr.close_all()
+
+
+async def test_pair_given_back_idles_before_reuse_unless_ports_run_out() -> None:
+    mgr = manager(*free_port_range(40), pool=8, min_idle=60.0)  # 20 pairs, pool of 5
+    first = await mgr.open_session("first")
+    mgr.close_session("first")
+    second = await mgr.open_session("second")
+    assert not set(first.ports) & set(second.ports)  # the just-released pairs wait
+    # Every other pair taken: a pair that idled too briefly beats refusing the call.
+    others = []
+    while mgr.allocator.free:
+        others.append(await mgr.open_session(f"o{len(others)}"))
+        await asyncio.sleep(0)  # let the pool's refill run too
+    last = await mgr.open_session("last")
+    assert set(last.ports) <= {p for s in [first, *others] for p in s.ports}
+    assert mgr.totals().sessions_refused == 0
+    mgr.close_all()
+    await mgr.wait_closed()
+    assert mgr.allocator.free == mgr.allocator.capacity
+
+
+async def test_idle_pool_closes_its_sockets() -> None:
+    low, high = free_port_range(80)
+    mgr = RelayManager(
+        "127.0.0.1",
+        PortAllocator(low, high, random.Random(5)),
+        pool=16,
+        pool_min_idle=0.0,
+        pool_linger=0.2,
+    )
+    for i in range(20):
+        await mgr.open_session(f"c{i}")
+    for i in range(20):
+        mgr.close_session(f"c{i}")
+    await mgr.wait_closed()  # the pairs a full pool did not take back are closed
+    assert mgr.pool is not None and len(mgr.pool) > 0
+    assert mgr.totals().ports_free == mgr.allocator.capacity  # pooled pairs count as free
+    # No call comes: after the linger time every socket is closed and every port binds again.
+    await asyncio.sleep(0.6)
+    assert len(mgr.pool) == 0 and mgr.allocator.free == mgr.allocator.capacity
+    for port in range(low, high + 1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", port))
+        s.close()
+    mgr.close_all()
+
+
+async def test_close_all_closes_the_pool() -> None:
+    low, high = free_port_range(80)
+    mgr = manager(low, high, pool=16, min_idle=0.0)
+    for i in range(6):
+        await mgr.open_session(f"c{i}")
+        await asyncio.sleep(0)
+    for i in range(3):
+        mgr.close_session(f"c{i}")
+    mgr.close_all()
+    await mgr.wait_closed()
+    await asyncio.sleep(0)
+    assert mgr.allocator.free == mgr.allocator.capacity and len(mgr) == 0
+    for port in range(low, high + 1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", port))
+        s.close()
