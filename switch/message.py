@@ -96,8 +96,20 @@ def canonical_name(key: str) -> str:
     name = _CANONICAL.get(key)
     if name is None:
         name = "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
-        _CANONICAL[key] = name
+        if len(_CANONICAL) < 4096:  # bounded: a peer inventing names cannot grow it
+            _CANONICAL[key] = name
     return name
+
+
+# Header key -> what starts its line on the wire: "\r\nCanonical-Name: " (serialisation).
+_PREFIXES: dict[str, str] = {"content-length": ""}
+
+
+def _prefix(key: str) -> str:
+    prefix = f"\r\n{canonical_name(key)}: "
+    if len(_PREFIXES) < 4096:  # bounded, as _KEYS below
+        _PREFIXES[key] = prefix
+    return prefix
 
 
 _KEYS: dict[str, str] = {}  # raw header name -> lookup key; names repeat, so this stays small
@@ -131,7 +143,7 @@ class Headers:
         """The first value of ``name`` (for list headers: the first whole line)."""
         first = self._first
         if first is None:
-            first = self._first = {k: v for k, v in reversed(self._items)}
+            first = self._first = dict(reversed(self._items))
         value = first.get(name)
         if value is None and name not in first:
             value = first.get(header_key(name))
@@ -273,16 +285,19 @@ class _Message:
         return self.to.tag
 
     def _serialize(self, start_line: str) -> bytes:
+        prefixes = _PREFIXES
         parts = [start_line]
-        canon = _CANONICAL
+        append = parts.append
         for key, value in self.headers._items:
-            if key != "content-length":
-                name = canon.get(key) or canonical_name(key)
-                parts.append(f"{name}: {value}")
-        parts.append(f"Content-Length: {len(self.body)}")
-        parts.append("")
-        parts.append("")
-        return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
+            prefix = prefixes.get(key)
+            if prefix is None:
+                prefix = _prefix(key)
+            if prefix:  # Content-Length's is empty: recomputed below
+                append(prefix)
+                append(value)
+        body = self.body
+        append(f"\r\nContent-Length: {len(body)}\r\n\r\n")
+        return "".join(parts).encode("utf-8", "surrogateescape") + body
 
 
 class SipRequest(_Message):
@@ -291,7 +306,13 @@ class SipRequest(_Message):
     def __init__(
         self, method: str, uri: str, headers: Headers | None = None, body: bytes = b""
     ) -> None:
-        super().__init__(headers if headers is not None else Headers(), body)
+        # _Message.__init__ inlined: one frame less for every message parsed or built.
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self._via: Via | None = None
+        self._cseq: tuple[int, str] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
         self.method = method
         self.uri = uri
 
@@ -308,7 +329,12 @@ class SipResponse(_Message):
     def __init__(
         self, status: int, reason: str, headers: Headers | None = None, body: bytes = b""
     ) -> None:
-        super().__init__(headers if headers is not None else Headers(), body)
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self._via: Via | None = None
+        self._cseq: tuple[int, str] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
         self.status = status
         self.reason = reason
 
@@ -359,6 +385,33 @@ def _check_repeats(items: list[tuple[str, str]]) -> None:
         raise SipParseError(f"Conflicting {canonical_name(key)} headers")
 
 
+def _header_lines(lines: list[str], items: list[tuple[str, str]]) -> None:
+    """The header lines (all but the start line) into ``items``, folding and checking."""
+    keys = _KEYS
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if not items:
+                raise SipParseError("Header continuation before any header")
+            key, value = items[-1]
+            # The fold is one SP (§7.3.1); an empty side adds none.
+            more = line.strip()
+            joined = f"{value} {more}" if value and more else value or more
+            items[-1] = (key, joined)
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise SipParseError(f"Malformed header line {line[:60]!r}")
+        cached = keys.get(name)
+        if cached is None:
+            name = name.strip()
+            if not name or " " in name or "\t" in name:
+                raise SipParseError(f"Malformed header name {name[:40]!r}")
+            cached = header_key(name)
+        items.append((cached, value.strip()))
+
+
 def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE) -> SipMessage:
     """Parse one SIP message. Raises SipParseError (``status`` 400, 416, 505 or 513)."""
     if len(data) > max_size:
@@ -384,37 +437,30 @@ def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE) -> SipMessage:
         # §25: headers are UTF-8; keep going byte-transparently so a bad display name is
         # relayed rather than answered 400.
         text = head.decode("utf-8", "surrogateescape")
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:
+        lines = text.replace("\r\n", "\n").split("\n")  # bare LF line ends too
     start = lines[0]
     items: list[tuple[str, str]] = []
-    keys = _KEYS
-    for line in lines[1:]:
-        if not line:
-            continue
-        if line[0] in " \t":
-            if not items:
-                raise SipParseError("Header continuation before any header")
-            key, value = items[-1]
-            # The fold is one SP (§7.3.1); an empty side adds none.
-            more = line.strip()
-            joined = f"{value} {more}" if value and more else value or more
-            items[-1] = (key, joined)
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise SipParseError(f"Malformed header line {line[:60]!r}")
-        cached = keys.get(name)
-        if cached is None:
-            name = name.strip()
-            if not name or " " in name or "\t" in name:
-                raise SipParseError(f"Malformed header name {name[:40]!r}")
-            cached = header_key(name)
-        items.append((cached, value.strip()))
+    if "\n " in text or "\n\t" in text:
+        _header_lines(lines, items)  # folded lines
+    else:
+        # The usual message: no folding, every name one seen before (so already checked).
+        keys = _KEYS
+        append = items.append
+        for i in range(1, len(lines)):
+            name, sep, value = lines[i].partition(":")
+            key = keys.get(name)
+            if key is None or not sep:
+                items.clear()
+                _header_lines(lines, items)  # the full rules, for the exact error
+                break
+            append((key, value.strip()))
     # The first value of each header (what lookups read), built once here.
-    first = {k: v for k, v in reversed(items)}
+    first = dict(reversed(items))
     if len(first) != len(items):
         _check_repeats(items)  # some header came twice (a Via list, often): rare enough
-    headers = Headers()
+    headers = Headers.__new__(Headers)
     headers._items = items
     headers._first = first
 
@@ -469,7 +515,7 @@ def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE) -> SipMessage:
             raise SipParseError(f"CSeq method {cseq_method[:20]} does not match {method[:20]}")
         msg.via  # noqa: B018 - validates the top Via now, so a bad one gets 400 up front
         try:
-            SipUri.parse(uri)
+            SipUri.check(uri)
         except SipParseError as exc:
             if exc.status == 416:
                 raise
@@ -487,19 +533,21 @@ def make_response(
     body: bytes = b"",
 ) -> SipResponse:
     """A response to ``req`` per §8.2.6.2: Via, From, Call-ID, CSeq copied; To gets ``to_tag``."""
-    h = Headers()
-    for key, value in req.headers.items():
-        if key == "via":
-            h._items.append((key, value))
-    h._items.append(("from", req.headers.get("from") or ""))
-    to = req.headers.get("to") or ""
+    rh = req.headers
+    items = [kv for kv in rh._items if kv[0] == "via"]
+    to = rh.get("to") or ""
     if to_tag is not None and req.to_tag is None:
         to = f"{to};tag={to_tag}"
-    h._items.append(("to", to))
-    h._items.append(("call-id", req.call_id))
-    h._items.append(("cseq", req.headers.get("cseq") or ""))
-    for name, value in headers:
-        h.add(name, value)
+    items += (
+        ("from", rh.get("from") or ""),
+        ("to", to),
+        ("call-id", req.call_id),
+        ("cseq", rh.get("cseq") or ""),
+    )
+    items += [(header_key(name), value) for name, value in headers]
+    h = Headers.__new__(Headers)
+    h._items = items
+    h._first = None
     return SipResponse(status, reason, h, body)
 
 

@@ -35,23 +35,45 @@ _VIA_RE: Final = re.compile(
     re.S,
 )
 
+# Via.parse's fast path: the usual transports, a host of name characters, no extra spaces.
+_VIA_FAST_RE: Final = re.compile(
+    r"SIP/2\.0/(UDP|TCP|TLS|SCTP|WSS?|udp|tcp|tls|sctp|wss?) ([A-Za-z0-9.-]+)"
+    r"(?::([0-9]{1,5}))?(;.*)?",
+    re.S,
+)
+
 
 def split_params(text: str) -> dict[str, str]:
     """``;a=1;B;c="x;y"`` -> {"a": "1", "b": "", "c": "x;y"} with lower-case names."""
     out: dict[str, str] = {}
-    for part in split_unquoted(text, ";"):
-        part = part.strip()
-        if not part:
+    if not text:
+        return out
+    # split_unquoted's own fast path, inlined: most parameter lists hold no quotes.
+    parts = split_unquoted(text, ";") if '"' in text or "<" in text else text.split(";")
+    names = _PARAM_NAMES
+    for part in parts:
+        # Partitioning the unstripped part and stripping each side gives what stripping it
+        # first would; a part of white space only (no "=") is skipped.
+        raw, sep, value = part.partition("=")
+        name = names.get(raw)
+        if name is None:
+            name = raw.strip().lower()
+            if len(names) < 1024:  # bounded: a peer inventing names cannot grow it
+                names[raw] = name
+        if sep:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = unquote_string(value)
+            elif name in _CI_VALUES:
+                value = value.lower()
+        elif not name:
             continue
-        name, _, value = part.partition("=")
-        name = name.strip().lower()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            value = unquote_string(value)
-        elif name in _CI_VALUES:
-            value = value.lower()
         out[name] = value
     return out
+
+
+# Raw parameter name (white space and case as sent) -> its lookup name; names repeat.
+_PARAM_NAMES: dict[str, str] = {}
 
 
 def unquote_string(value: str) -> str:
@@ -75,17 +97,23 @@ def split_unquoted(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside quoted strings and ``<...>`` (header lists, parameters)."""
     if '"' not in text and "<" not in text:
         return text.split(sep)
+    special = _SPECIAL.get(sep)
+    if special is None:
+        special = _SPECIAL[sep] = re.compile("[" + re.escape('\\"<>' + sep) + "]")
+    # Jump from one character that matters to the next (the regex finds them in C).
+    search = special.search
     parts: list[str] = []
     depth = 0
     quoted = False
     start = 0
-    i = 0
-    n = len(text)
-    while i < n:
+    pos = 0
+    while (m := search(text, pos)) is not None:
+        i = m.start()
         ch = text[i]
+        pos = i + 1
         if quoted:
             if ch == "\\":
-                i += 1
+                pos = i + 2  # a quoted-pair: the next character is taken as it is
             elif ch == '"':
                 quoted = False
         elif ch == '"':
@@ -93,13 +121,17 @@ def split_unquoted(text: str, sep: str) -> list[str]:
         elif ch == "<":
             depth += 1
         elif ch == ">":
-            depth = max(0, depth - 1)
+            if depth:
+                depth -= 1
         elif ch == sep and depth == 0:
             parts.append(text[start:i])
-            start = i + 1
-        i += 1
+            start = pos
     parts.append(text[start:])
     return parts
+
+
+# Separator -> the characters split_unquoted stops at: quotes, escapes, angle brackets, it.
+_SPECIAL: dict[str, re.Pattern[str]] = {}
 
 
 @dataclass(slots=True)
@@ -116,27 +148,13 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
-        text = text.strip()
-        scheme, sep, rest = text.partition(":")
-        scheme = scheme.lower()
-        if not sep or scheme not in URI_SCHEMES:
-            if sep and rest and _SCHEME_RE.fullmatch(scheme):
-                # A well-formed URI we do not serve: 416, not 400 (§8.2.2.1, §21.4.15).
-                raise SipParseError(f"Unsupported URI Scheme {scheme[:20]!r}", 416)
-            raise SipParseError(f"malformed URI {text[:80]!r}")
-        if scheme == "tel":
-            number, _, params = rest.partition(";")
-            return cls("tel", number, "", None, split_params(params))
-        rest, _, headers = rest.partition("?")
-        user: str | None = None
-        password: str | None = None
-        if "@" in rest:
-            userinfo, _, rest = rest.rpartition("@")
-            user, _, pw = userinfo.partition(":")
-            password = pw or None
-        hostport, _, params = rest.partition(";")
-        host, port = _split_hostport(hostport, text)
+        scheme, user, password, host, port, params, headers = _split_uri(text)
         return cls(scheme, user, host, port, split_params(params), headers, password)
+
+    @staticmethod
+    def check(text: str) -> None:
+        """Raise what :meth:`parse` would, without building the URI (the Request-URI check)."""
+        _split_uri(text)
 
     @property
     def user_unescaped(self) -> str | None:
@@ -165,6 +183,33 @@ class SipUri:
         if self.headers:
             out += "?" + self.headers
         return out
+
+
+def _split_uri(
+    text: str,
+) -> tuple[str, str | None, str | None, str, int | None, str, str]:
+    """(scheme, user, password, host, port, parameters, headers) of a URI, or SipParseError."""
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in URI_SCHEMES:
+        if sep and rest and _SCHEME_RE.fullmatch(scheme):
+            # A well-formed URI we do not serve: 416, not 400 (§8.2.2.1, §21.4.15).
+            raise SipParseError(f"Unsupported URI Scheme {scheme[:20]!r}", 416)
+        raise SipParseError(f"malformed URI {text[:80]!r}")
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        return "tel", number, None, "", None, params, ""
+    rest, _, headers = rest.partition("?")
+    user: str | None = None
+    password: str | None = None
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, _, pw = userinfo.partition(":")
+        password = pw or None
+    hostport, _, params = rest.partition(";")
+    host, port = _split_hostport(hostport, text)
+    return scheme, user, password, host, port, params, headers
 
 
 def _split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
@@ -261,6 +306,17 @@ class Via:
     def parse(cls, value: str) -> Via:
         """One via-parm as the ABNF of §20.42 allows it (white space around ``/``, ``:`` and
         ``;``, any transport token, IPv6 references)."""
+        # The usual "SIP/2.0/UDP host:port;params" by a simpler pattern first: taken only
+        # when the value is plainly within the grammar (one space, a host of name characters,
+        # a port up to 65535); anything else goes the general pattern's way below.
+        fast = _VIA_FAST_RE.fullmatch(value)
+        if fast is not None:
+            transport, host, port_text, params = fast.groups()
+            port = int(port_text) if port_text is not None else None
+            if port is None or port <= 65535:
+                return cls(
+                    transport.upper(), host.lower(), port, split_params(params) if params else {}
+                )
         m = _VIA_RE.fullmatch(value)
         if m is None:
             raise SipParseError(f"malformed Via {value.strip()[:60]!r}")
