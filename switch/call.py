@@ -104,7 +104,9 @@ class Attempt:
     abandoned: bool = False  # no longer the call's live attempt
     final_status: int | None = None
     dialog: Dialog | None = None
-    ack: SipRequest | None = None  # our ACK for its 2xx, re-sent on 2xx retransmissions
+    # Our ACK for its 2xx, serialised once: re-sent as is on 2xx retransmissions, and bytes
+    # weigh a fraction of the message object they came from (issue 13).
+    ack: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -124,7 +126,7 @@ class Call:
     source_ip: str = ""
     state: CallState = CallState.ROUTING
     a_dialog: Dialog | None = None
-    targets: list[str] = field(default_factory=list)
+    targets: tuple[str, ...] = ()  # a tuple: the collector untracks a tuple of strings
     present_as: str | None = None  # the caller number the buyer sees (routing's choice)
     attempt: Attempt | None = None
     attempts: int = 0
@@ -232,7 +234,7 @@ class Calls:
             )
         )
 
-    def routed(self, call: Call, targets: list[str], present_as: str | None) -> None:
+    def routed(self, call: Call, targets: tuple[str, ...], present_as: str | None) -> None:
         """Routing found targets: open the media before the first attempt."""
         self._move(call, CallState.MEDIA)
         call.targets = targets
@@ -394,16 +396,16 @@ class Calls:
         """A 2xx retransmission from the buyer after its transaction ended (§13.2.2.4)."""
         att = call.attempt
         if att is not None and att.ack is not None and att.dialog is not None:
-            self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+            self.ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
 
-    def b_ack(self, att: Attempt, seq: int, body: bytes, ctype: str | None) -> SipRequest:
-        """Our ACK for the buyer's 2xx (end to end, §13.2.2.4)."""
+    def b_ack(self, att: Attempt, seq: int, body: bytes, ctype: str | None) -> bytes:
+        """Our ACK for the buyer's 2xx (end to end, §13.2.2.4), serialised."""
         assert att.dialog is not None
         extra = [("content-type", ctype)] if ctype and body else None
         cfg = self.ctx.config
         return att.dialog.request(
             "ACK", self.ctx.new_branch(), cfg.host, cfg.port, seq=seq, body=body, extra=extra
-        )
+        ).to_bytes()
 
     def _next_attempt(self, call: Call, now: float) -> None:
         index = call.attempt.index + 1 if call.attempt is not None else 0
@@ -482,11 +484,11 @@ class Calls:
         assert att.dialog is not None
         if att.abandoned or call.attempt is not att or call.state not in _RINGING:
             if att.ack is not None:
-                ctx.send_stateless(att.ack, att.dialog.peer or att.peer)  # 2xx retransmission
+                ctx.send_bytes(att.ack, att.dialog.peer or att.peer)  # 2xx retransmission
                 return
             # A late answer from a buyer we no longer want: ACK it, then hang it up.
             att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
-            ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+            ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
             if call.attempt is not att or call.state is CallState.ENDED:
                 self.send_bye(att.dialog, att.peer, now)
             return
@@ -496,7 +498,7 @@ class Calls:
                 body = call.media.b_answered(body)
             except ctx.config.media_error as exc:
                 att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
-                ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+                ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
                 self.send_bye(att.dialog, att.peer, now)
                 self._bad_buyer_sdp(call, att, exc, now)
                 return
@@ -527,6 +529,10 @@ class Calls:
                 b_leg=att.dialog.snapshot(),
             )
         )
+        # Answered: no new attempt, offer or provisional needs the two INVITEs whole any
+        # more, and they were half of what a long call kept (issue 13).
+        call.a_invite = trimmed(call.a_invite)
+        att.invite = trimmed(att.invite)
 
     def confirm(self, call: Call) -> None:
         """The caller's side of the answered call is confirmed: it counts as connected."""
@@ -616,7 +622,7 @@ class Calls:
                 # Ending before the caller's ACK: ACK the buyer's 2xx first so its dialog is
                 # confirmed, then BYE (§15).
                 att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
-                self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+                self.ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
             self.byes[self.send_bye(att.dialog, att.peer, now)] = call
             call.byes_pending += 1
         self._end(call, Outcome.ANSWERED, side, 200)
@@ -761,13 +767,13 @@ class Calls:
             local_seq=self.ctx.rng.randint(1, 2**20),
             remote_seq=a.cseq[0],
             remote_target=target_from(a, a.uri),
-            route_set=route,
+            route_set=tuple(route),
             # §12.2.1.1: the first hop of the route set (behind a proxy, the proxy), else the
             # caller's flow itself.
             peer=_next_hop(route, target_from(a, a.uri), call.a_peer) if route else call.a_peer,
             contact=self.ctx.contact(call.a_peer),
         )
-        self.ctx.dialogs[(a.call_id, call.a_tag)] = (call, Leg.A)
+        self.ctx.dialogs[(a.call_id, call.a_tag)] = call
 
     def _register_b_dialog(
         self, call: Call, att: Attempt, resp: SipResponse, *, confirmed: bool
@@ -784,15 +790,30 @@ class Calls:
                 local_seq=att.invite.cseq[0],
                 remote_seq=None,
                 remote_target=target_from(resp, att.invite.uri),
-                route_set=route,
+                route_set=tuple(route),
                 peer=_next_hop(route, target_from(resp, att.invite.uri), peer),
                 contact=self.ctx.contact(peer),
             )
-            self.ctx.dialogs[(att.call_id, att.from_tag)] = (call, Leg.B)
+            self.ctx.dialogs[(att.call_id, att.from_tag)] = call
         else:
             att.dialog.remote_tag = resp.to_tag
             att.dialog.remote_target = target_from(resp, att.dialog.remote_target)
         att.dialog.confirmed = att.dialog.confirmed or confirmed
+
+
+# What an answered call still reads of its INVITEs: the headers a response or a CANCEL
+# copies (§8.2.6.2, §9.1), the CSeq an ACK reuses, and the dialog's Record-Route and Route.
+_KEPT: frozenset[str] = frozenset({"via", "from", "to", "call-id", "cseq", "record-route", "route"})
+
+
+def trimmed(req: SipRequest) -> SipRequest:
+    """A copy of ``req`` with only the headers in ``_KEPT``, no body and no parse caches.
+
+    The header values are the same strings, not copies: what goes is the rest of the
+    headers, the body, and the parsed Via, From and To (a few hundred bytes each).
+    """
+    keep = [(k, v) for k, v in req.headers.items() if k in _KEPT]
+    return SipRequest(req.method, req.uri, Headers(keep))
 
 
 def relay_headers(resp: SipResponse) -> list[tuple[str, str]]:
@@ -839,4 +860,5 @@ def _next_hop(route: list[str], target: str, fallback: Peer) -> Peer:
         return fallback
     if fallback.reliable and uri.transport == fallback.transport:
         return fallback  # keep using the connection we have
-    return Peer(uri.transport, uri.host, uri.port or 5060)
+    peer = Peer(uri.transport, uri.host, uri.port or 5060)
+    return fallback if peer == fallback else peer  # the same hop: one object per call, not two

@@ -129,7 +129,7 @@ class SwitchCore:
         elif not result.targets:
             self._calls.rejected(call, 480, "Temporarily Unavailable", "no_buyer")
         else:
-            self._calls.routed(call, list(result.targets), result.present_as)
+            self._calls.routed(call, tuple(result.targets), result.present_as)
         self._pump(now)
         return True
 
@@ -382,7 +382,7 @@ class SwitchCore:
         if resp.status < 200 or resp.status >= 300 or resp.cseq[1] != "INVITE":
             return
         tag = resp.from_tag
-        found = self._ctx.dialogs.get((resp.call_id, tag)) if tag else None
+        found = self._ctx.dialog(resp.call_id, tag) if tag else None
         if found is None:
             return
         call, leg = found

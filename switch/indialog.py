@@ -46,7 +46,7 @@ class InDialog:
     def request(self, ev: RequestReceived, to_tag: str, now: float) -> None:
         ctx = self.ctx
         req = ev.request
-        found = ctx.dialogs.get((req.call_id, to_tag))
+        found = ctx.dialog(req.call_id, to_tag)
         if found is None:
             if ev.tx is not None:
                 ctx.stats["no_dialog_481"] += 1
@@ -141,7 +141,7 @@ class InDialog:
                 att.ack = self.calls.b_ack(
                     att, att.dialog.local_seq, req.body, req.headers.get("content-type")
                 )
-            self.ctx.send_stateless(att.ack, att.dialog.peer or att.peer)
+            self.ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
             return
         self._relay_ack(call, req, Leg.A)
 

@@ -20,13 +20,20 @@ Its outputs are pulled: ``next_event()`` (see ``switch/events.py``) and ``datagr
   server transaction; ``invite_tx_for_cancel`` finds the INVITE it targets (§9.2).
 
 Each transaction is a ``dataclass(slots=True)`` with a ``state`` from its machine's enum and one
-``timer_<letter>_at`` deadline per RFC timer (None when not running). Timers live in one heap of
-``(deadline, seq, tx, input)`` with lazy deletion: cancelling a timer sets its field to None,
-and a popped entry fires only if its transaction is still live and the field still holds that
-deadline. The heap is compacted when stale entries pile up, and a transaction that reaches
-Terminated is dropped from every index at once, so nothing leaks. Every message is serialised
-once; retransmissions resend the same bytes. Reliable transports (``peer.reliable``) start no
-Timer A, E or G and use 0 for D, I, J and K, so those transactions end at once (§17).
+``timer_<letter>_at`` deadline per RFC timer (None when not running). The heap holds one entry
+``(deadline, seq, tx)`` per transaction, not one per timer: ``tx.wake`` is the deadline of its
+live entry, never later than its earliest running timer. Arming a timer pushes only when it is
+earlier than ``wake``; cancelling one only sets its field to None. A popped entry whose
+deadline is not ``wake`` (or whose transaction is gone) is stale; a live one fires the
+transaction's earliest running timer if it is due (on a tie the timer that ends the
+transaction, B D F H I J K L M, goes before a retransmission: the order the RFC machines'
+arming gives) and pushes the entry again at the next one. A call's INVITE transactions so
+push two entries each instead of three to five, and the heap stays near one entry per live
+transaction (issue 13). It is compacted if stale entries pile up anyway, and a transaction
+that reaches Terminated is dropped from every index at once, so nothing leaks. Every message
+is serialised once; retransmissions resend the same bytes. Reliable transports
+(``peer.reliable``) start no Timer A, E or G and use 0 for D, I, J and K, so those
+transactions end at once (§17).
 
 All transitions of a machine are in its ``_ict``/``_nict``/``_ist``/``_nist`` method, one
 ``match`` on the state with the inputs of :class:`Input` under it::
@@ -205,7 +212,7 @@ class Input(enum.IntEnum):
     TIMER_2XX = enum.auto()  # §13.3.1.4 has no letter for the 2xx retransmission timer
 
 
-# The deadline field each timer input lives in: the heap's lazy-deletion check reads it.
+# The deadline field each timer input lives in.
 _TIMER_FIELD: Final = {
     Input.TIMER_A: "timer_a_at",
     Input.TIMER_B: "timer_b_at",
@@ -221,6 +228,9 @@ _TIMER_FIELD: Final = {
     Input.TIMER_M: "timer_m_at",
     Input.TIMER_2XX: "timer_2xx_at",
 }
+# ``wake`` while the transaction's timer is firing: ``_arm`` then never pushes (the entry is
+# pushed once, after the machine ran, at the transaction's next deadline).
+_FIRING: Final = float("-inf")
 
 # Inputs by status class: index (status >= 200) + (status >= 300).
 _RECV: Final = (Input.RECV_1XX, Input.RECV_2XX, Input.RECV_3XX_6XX)
@@ -233,7 +243,7 @@ _ProvisionalMark = tuple[int, str | None, str | None]
 @dataclass(slots=True, eq=False)
 class ClientInviteTx:
     """An INVITE client transaction. ``request`` is kept until the final response, to build
-    the ACK for a non-2xx."""
+    the ACK for a non-2xx; ``request_bytes`` until the first response (Timer A resends it)."""
 
     method: ClassVar[str] = "INVITE"
 
@@ -250,6 +260,15 @@ class ClientInviteTx:
     timer_m_at: float | None = None
     ack_bytes: bytes | None = None
     seen_1xx: tuple[_ProvisionalMark, ...] = ()
+    wake: float | None = None  # the deadline of its heap entry (see the module docstring)
+
+    # Its timers, those that end the transaction first (the order on equal deadlines).
+    timers: ClassVar[tuple[tuple[str, Input], ...]] = (
+        ("timer_b_at", Input.TIMER_B),
+        ("timer_d_at", Input.TIMER_D),
+        ("timer_m_at", Input.TIMER_M),
+        ("timer_a_at", Input.TIMER_A),
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -267,6 +286,13 @@ class ClientNonInviteTx:
     timer_f_at: float | None = None
     timer_k_at: float | None = None
     seen_1xx: tuple[_ProvisionalMark, ...] = ()
+    wake: float | None = None
+
+    timers: ClassVar[tuple[tuple[str, Input], ...]] = (
+        ("timer_f_at", Input.TIMER_F),
+        ("timer_k_at", Input.TIMER_K),
+        ("timer_e_at", Input.TIMER_E),
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -290,6 +316,15 @@ class ServerInviteTx:
     timer_2xx_at: float | None = None
     acked: bool = False  # an ACK for our 2xx arrived
     accepted_key: tuple[str, int, str | None] | None = None  # (Call-ID, CSeq, From tag)
+    wake: float | None = None
+
+    timers: ClassVar[tuple[tuple[str, Input], ...]] = (
+        ("timer_h_at", Input.TIMER_H),
+        ("timer_i_at", Input.TIMER_I),
+        ("timer_l_at", Input.TIMER_L),
+        ("timer_g_at", Input.TIMER_G),
+        ("timer_2xx_at", Input.TIMER_2XX),
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -303,10 +338,13 @@ class ServerNonInviteTx:
     state: ServerNonInviteState = ServerNonInviteState.TRYING
     last_response: bytes | None = None
     timer_j_at: float | None = None
+    wake: float | None = None
+
+    timers: ClassVar[tuple[tuple[str, Input], ...]] = (("timer_j_at", Input.TIMER_J),)
 
 
 Transaction = ClientInviteTx | ClientNonInviteTx | ServerInviteTx | ServerNonInviteTx
-_HeapEntry = tuple[float, int, Transaction, Input]
+_HeapEntry = tuple[float, int, Transaction]
 
 
 class TransactionLayer:
@@ -360,10 +398,19 @@ class TransactionLayer:
         heap = self._heap
         txs = self._txs
         while heap:
-            deadline, _, tx, inp = heap[0]
-            if txs.get(tx.key) is tx and getattr(tx, _TIMER_FIELD[inp]) == deadline:
+            deadline, _, tx = heap[0]
+            if tx.wake != deadline or txs.get(tx.key) is not tx:
+                heapq.heappop(heap)  # stale: pushed again earlier, or its transaction is gone
+                continue
+            at = _next_timer(tx)[0]
+            if at == deadline:
                 return deadline
-            heapq.heappop(heap)  # stale: cancelled, re-armed or its transaction is gone
+            # Its timers were cancelled or re-armed later since: move the entry to the next.
+            tx.wake = at
+            if at is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (at, next(self._seq), tx))
         return None
 
     def __len__(self) -> int:
@@ -465,6 +512,10 @@ class TransactionLayer:
         """Queue ``msg`` outside any transaction (the ACK for a 2xx, stateless errors)."""
         self._out.append((msg.to_bytes(), peer))
 
+    def send_bytes(self, data: bytes, peer: Peer) -> None:
+        """Queue a message serialised earlier, outside any transaction (a re-sent ACK)."""
+        self._out.append((data, peer))
+
     def invite_tx_for_cancel(self, cancel: SipRequest) -> str | None:
         """The INVITE server transaction a CANCEL targets (§9.2), in any state, or None.
 
@@ -500,12 +551,21 @@ class TransactionLayer:
         """Fire every timer due at ``now``."""
         heap = self._heap
         txs = self._txs
+        seq = self._seq
         while heap and heap[0][0] <= now:
-            deadline, _, tx, inp = heapq.heappop(heap)
-            name = _TIMER_FIELD[inp]
-            if txs.get(tx.key) is not tx or getattr(tx, name) != deadline:
-                continue  # lazily deleted
-            setattr(tx, name, None)
+            deadline, _, tx = heapq.heappop(heap)
+            if tx.wake != deadline or txs.get(tx.key) is not tx:
+                continue  # stale
+            at, inp = _next_timer(tx)
+            if at is None or inp is None:
+                tx.wake = None  # every timer it had was cancelled
+                continue
+            if at > now:  # cancelled or re-armed later since this entry was pushed
+                tx.wake = at
+                heapq.heappush(heap, (at, next(seq), tx))
+                continue
+            tx.wake = _FIRING
+            setattr(tx, _TIMER_FIELD[inp], None)
             if isinstance(tx, ClientInviteTx):
                 self._ict(tx, inp, now)
             elif isinstance(tx, ClientNonInviteTx):
@@ -514,6 +574,12 @@ class TransactionLayer:
                 self._ist(tx, inp, now)
             else:
                 self._nist(tx, inp, now)
+            if txs.get(tx.key) is tx:
+                # One push for whatever the machine armed; due ones come round in this loop.
+                at = _next_timer(tx)[0]
+                tx.wake = at
+                if at is not None:
+                    heapq.heappush(heap, (at, next(seq), tx))
 
     # --- Matching -------------------------------------------------------------------------
 
@@ -613,6 +679,7 @@ class TransactionLayer:
                 elif inp is Input.RECV_1XX:
                     tx.state = S.PROCEEDING
                     tx.timer_a_at = tx.timer_b_at = None  # Figure 5: neither runs in Proceeding
+                    tx.request_bytes = b""  # only Timer A resends it: freed while it rings
                     if _first_provisional(tx, resp):
                         self._events.append(ResponseReceived(tx=tx.key, response=resp, at=now))
                     else:
@@ -621,11 +688,13 @@ class TransactionLayer:
                     tx.state = S.ACCEPTED
                     tx.timer_a_at = tx.timer_b_at = None
                     tx.request = None
+                    tx.request_bytes = b""
                     self._arm(tx, Input.TIMER_M, now + self._timer_m)
                     self._events.append(ResponseReceived(tx=tx.key, response=resp, at=now))
                 else:  # 3xx-6xx: §17.1.1.3, the transaction ACKs it itself
                     tx.state = S.COMPLETED
                     tx.timer_a_at = tx.timer_b_at = None
+                    tx.request_bytes = b""
                     assert tx.request is not None  # kept until the final response
                     tx.ack_bytes = ack = _build_ack(tx.request, resp)
                     tx.request = None
@@ -684,6 +753,7 @@ class TransactionLayer:
                 else:  # 200-699
                     tx.state = S.COMPLETED
                     tx.timer_e_at = tx.timer_f_at = None
+                    tx.request_bytes = b""  # only Timer E resends it
                     self._events.append(ResponseReceived(tx=tx.key, response=resp, at=now))
                     timer_k = self._timer_k[tx.reliable]
                     if timer_k:
@@ -839,22 +909,24 @@ class TransactionLayer:
     # --- Helpers --------------------------------------------------------------------------
 
     def _arm(self, tx: Transaction, inp: Input, deadline: float) -> None:
-        """Start (or restart) timer ``inp`` of ``tx``: set its ``timer_<x>_at`` field and push."""
-        # The field is set before a compaction can run, or the new entry would look stale.
+        """Start (or restart) timer ``inp`` of ``tx``: set its ``timer_<x>_at`` field, and push
+        the transaction only if this is now its earliest deadline."""
         setattr(tx, _TIMER_FIELD[inp], deadline)
-        heap = self._heap
-        heapq.heappush(heap, (deadline, next(self._seq), tx, inp))
-        if len(heap) > self._compact_at:
-            self._compact()
+        wake = tx.wake
+        if wake is None or deadline < wake:
+            # ``wake`` is set before a compaction can run, or the new entry would look stale.
+            tx.wake = deadline
+            heap = self._heap
+            heapq.heappush(heap, (deadline, next(self._seq), tx))
+            if len(heap) > self._compact_at:
+                self._compact()
 
     def _compact(self) -> None:
         """Drop stale heap entries (in place: ``handle_timer`` holds a reference)."""
         txs = self._txs
         heap = self._heap
         heap[:] = [
-            (at, seq, tx, inp)
-            for at, seq, tx, inp in heap
-            if txs.get(tx.key) is tx and getattr(tx, _TIMER_FIELD[inp]) == at
+            (at, seq, tx) for at, seq, tx in heap if tx.wake == at and txs.get(tx.key) is tx
         ]
         heapq.heapify(heap)
         self._compact_at = max(1024, 2 * len(heap))
@@ -888,6 +960,21 @@ class TransactionLayer:
                     "input": inp.name,
                 },
             )
+
+
+def _next_timer(tx: Transaction) -> tuple[float | None, Input | None]:
+    """The earliest running timer of ``tx`` and its deadline; (None, None) when none runs.
+
+    On equal deadlines the first in ``tx.timers`` wins: the one that ends the transaction.
+    """
+    best: float | None = None
+    best_inp: Input | None = None
+    for name, inp in tx.timers:
+        at = getattr(tx, name)
+        if at is not None and (best is None or at < best):
+            best = at
+            best_inp = inp
+    return best, best_inp
 
 
 def _first_provisional(tx: ClientInviteTx | ClientNonInviteTx, resp: SipResponse) -> bool:

@@ -220,6 +220,44 @@ def test_timer_a_counts_from_the_send_time_and_fires_late() -> None:
     assert layer.get_timer() == pytest.approx(101.7)
 
 
+def test_the_timer_that_ends_a_transaction_goes_first_on_a_tie() -> None:
+    # T2 = T1: Timer E's 64th interval ends exactly when Timer F does (64*T1). The client
+    # gives up then, without a 64th copy of the request.
+    layer = TransactionLayer(TimerConfig(t1=0.5, t2=0.5))
+    req = request("OPTIONS")
+    tx = layer.send_request(req, UDP, now=0.0)
+    sent(layer)
+    assert deadlines(layer, 32.0) == [0.5 * k for k in range(1, 64)]
+    assert sent(layer) == [req.to_bytes()] * 63
+    assert layer.get_timer() == 32.0
+    layer.handle_timer(32.0)
+    assert events(layer) == [
+        TransactionTimedOut(tx=tx, method="OPTIONS", timer="F", at=32.0),
+        TransactionTerminated(tx=tx, at=32.0),
+    ]
+    assert sent(layer) == [] and layer.get_timer() is None
+
+
+def test_a_late_wake_up_fires_what_is_due_in_deadline_order() -> None:
+    layer = TransactionLayer()
+    invite = request("INVITE", branch="z9hG4bK-late-1")
+    bye = request("BYE", branch="z9hG4bK-late-2")
+    a = layer.send_request(invite, UDP, now=0.0)  # A at 0.5, B at 32
+    b = layer.send_request(bye, UDP, now=0.25)  # E at 0.75, F at 32.25
+    sent(layer)
+    layer.handle_timer(40.0)
+    # Each retransmission timer fires once (its next interval counts from the late now),
+    # then Timer B and Timer F, in the order of their deadlines.
+    assert sent(layer) == [invite.to_bytes(), bye.to_bytes()]
+    assert events(layer) == [
+        TransactionTimedOut(tx=a, method="INVITE", timer="B", at=40.0),
+        TransactionTerminated(tx=a, at=40.0),
+        TransactionTimedOut(tx=b, method="BYE", timer="F", at=40.0),
+        TransactionTerminated(tx=b, at=40.0),
+    ]
+    assert len(layer) == 0 and layer.get_timer() is None
+
+
 def test_timer_e_is_t2_once_proceeding() -> None:
     layer = TransactionLayer()
     req = request("BYE")
