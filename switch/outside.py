@@ -67,6 +67,10 @@ class OutOfDialog:
         self.ctx = ctx
         self.calls = calls
         self.admitter = admitter
+        # (Call-ID, From tag, CSeq number) of each call's first INVITE -> its server transaction,
+        # for merged-request detection; entries of calls gone are pruned as it grows.
+        self._firsts: dict[tuple[str, str, int], str] = {}
+        self._prune_at = 1024
 
     def screen(self, ev: RequestReceived) -> bool:
         """Refuse a request the switch does not take (see the module docstring), in or out
@@ -144,8 +148,34 @@ class OutOfDialog:
         else:  # not reached: screen() refused every other method
             self.ctx.respond(tx, req, 405, "Method Not Allowed", headers=[("allow", ALLOW)])
 
+    def _merged(self, req: SipRequest, tx: str) -> bool:
+        """§8.2.2.2: the same INVITE arriving again over another path (a fork upstream, a
+        looping route) carries the first copy's From tag, Call-ID and CSeq but another branch.
+        It must not become a second call (a second bill): True when it is such a copy."""
+        from_tag = req.from_tag
+        if from_tag is None:
+            return False
+        key = (req.call_id, from_tag, req.cseq[0])
+        first = self._firsts.get(key)
+        if first is not None and first != tx and first in self.calls.by_a_tx:
+            return True
+        self._firsts[key] = tx
+        if len(self._firsts) >= self._prune_at:
+            live = self.calls.by_a_tx
+            self._firsts = {k: t for k, t in self._firsts.items() if t in live}
+            self._prune_at = max(1024, 2 * len(self._firsts))
+        return False
+
     def _invite(self, req: SipRequest, tx: str, peer: Peer, now: float) -> None:
         ctx = self.ctx
+        try:
+            merged = self._merged(req, tx)
+        except SipParseError:
+            merged = False  # a broken CSeq or From is answered 400 below
+        if merged:
+            ctx.stats["merged_482"] += 1
+            ctx.respond(tx, req, 482, "Loop Detected")
+            return
         mf = req.headers.get("max-forwards")
         if mf is not None:
             mf = mf.strip()

@@ -800,3 +800,23 @@ def test_record_route_of_the_invite_is_copied_into_18x_and_2xx() -> None:
     (bye,) = [m for m in h.take(Peer("udp", "10.0.0.1", 5060)) if isinstance(m, SipRequest)]
     assert bye.headers.get_list("route") == ["<sip:10.0.0.1;lr>", "<sip:10.0.0.2;lr;ftag=x>"]
     assert bye.uri == "sip:caller@127.0.0.1:5080"
+
+
+def test_a_second_copy_of_an_invite_by_another_path_is_482_and_one_call() -> None:
+    # RFC 3261 §8.2.2.2: same Call-ID, From tag and CSeq, another branch (a fork upstream).
+    h = Harness()
+    h.feed(A, invite(branch="z9hG4bKpath1"))
+    assert [m.status for m in h.take(A)] == [100]  # type: ignore[union-attr]
+    h.feed(A, invite(branch="z9hG4bKpath2"))
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 482
+    assert resp.via.branch == "z9hG4bKpath2"  # answered on the copy's own transaction
+    assert h.core.stats["merged_482"] == 1
+    h.route(Routed(targets=[]))
+    assert [m.status for m in h.take(A)] == [480]  # type: ignore[union-attr]
+    h.advance(40)  # the first call and its transactions are over (finals unACKed: Timer H)
+    h.take(A)  # their retransmissions
+    assert len(h.cdrs()) == 1
+    # Once that call is gone the same identifiers start a new call (a caller reusing them).
+    h.feed(A, invite(branch="z9hG4bKpath3"))
+    assert [m.status for m in h.take(A)] == [100]  # type: ignore[union-attr]
