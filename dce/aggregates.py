@@ -59,6 +59,14 @@ class Tally:
     talk_ms: int = 0
 
     def add(self, other: Tally, sign: int = 1) -> None:
+        if sign == 1:  # every CDR; -1 only as the ring moves past a slot
+            self.calls += other.calls
+            self.answered += other.answered
+            self.billable += other.billable
+            self.revenue += other.revenue
+            self.payout += other.payout
+            self.talk_ms += other.talk_ms
+            return
         self.calls += sign * other.calls
         self.answered += sign * other.answered
         self.billable += sign * other.billable
@@ -166,10 +174,18 @@ class LiveStats:
         return self._ring[index % self.slots]
 
     def _add(self, slot: _Slot, cell: Cell, tally: Tally, rule: str | None) -> None:
-        slot.cells.setdefault(cell, Tally()).add(tally)
+        # get, then a new Tally only when missing: setdefault would build one every time.
+        cells, by_buyer, window = slot.cells, slot.by_buyer, self._window
+        if (part := cells.get(cell)) is None:
+            part = cells[cell] = Tally()
+        part.add(tally)
         slot.total.add(tally)
-        slot.by_buyer.setdefault(cell[0], Tally()).add(tally)
-        self._window.setdefault(cell, Tally()).add(tally)
+        if (part := by_buyer.get(cell[0])) is None:
+            part = by_buyer[cell[0]] = Tally()
+        part.add(tally)
+        if (part := window.get(cell)) is None:
+            part = window[cell] = Tally()
+        part.add(tally)
         if rule is not None:
             key = (cell[0], rule)
             slot.rules[key] = slot.rules.get(key, 0) + tally.calls

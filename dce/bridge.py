@@ -57,6 +57,22 @@ class Decision:
     auction: dict[str, Any] | None = None
 
 
+def _decided(decision: Decision) -> dict[str, Any]:
+    """The CDR fields routing decided."""
+    return {
+        "campaign_id": decision.campaign_id,
+        "compliance": decision.compliance,
+        "fraud_score": decision.fraud_score,
+        "attestation": decision.attestation,
+        "caller_state": decision.caller_state,
+        "decision_us": decision.decision_us,
+        "auction": decision.auction,
+    }
+
+
+_UNDECIDED: dict[str, Any] = {}  # a call never routed: the CDR's defaults
+
+
 class CallBridge:
     def __init__(self, gate: Gate, exchange: Exchange, config: ExchangeConfig) -> None:
         self.gate = gate
@@ -176,6 +192,7 @@ class CallBridge:
         target = decision.targets[effect.target_index]
         self.exchange.answered(decision.facts, target)
         facts = decision.facts
+        at = wall(effect.at)
         cdr = Cdr(
             call_id=facts.call_id,
             a_call_id=effect.a_leg.call_id,
@@ -185,8 +202,8 @@ class CallBridge:
             caller=facts.caller,
             called=facts.called,
             received_at=facts.received_at,
-            answered_at=wall(effect.at),
-            ended_at=wall(effect.at),
+            answered_at=at,
+            ended_at=at,
             disposition=Disposition.ANSWERED,
             sip_status=200,
             buyer_id=target.buyer_id,
@@ -194,8 +211,8 @@ class CallBridge:
             bid=target.bid,
             price=target.price,
             attempts=effect.attempts,
+            **_decided(decision),
         )
-        self._with_decision(cdr, decision)
         return Up(
             cdr=cdr,
             min_duration_s=target.min_duration_s,
@@ -203,16 +220,6 @@ class CallBridge:
             a_leg=effect.a_leg,
             b_leg=effect.b_leg,
         )
-
-    @staticmethod
-    def _with_decision(cdr: Cdr, decision: Decision) -> None:
-        cdr.campaign_id = decision.campaign_id
-        cdr.compliance = decision.compliance
-        cdr.fraud_score = decision.fraud_score
-        cdr.attestation = decision.attestation
-        cdr.caller_state = decision.caller_state
-        cdr.decision_us = decision.decision_us
-        cdr.auction = decision.auction
 
     def abandon(self, call_id: str) -> None:
         """The call ended while it was being routed: release what routing took."""
@@ -227,7 +234,6 @@ class CallBridge:
         media: dict[str, Any],
     ) -> Cdr:
         """The call's CDR: the core's record, the decision, the settlement, the media."""
-        log = CallLog(logger, record.call_id)
         decision = self._decisions.pop(record.call_id, None)
         target: Target | None = None
         index = record.target_index
@@ -243,13 +249,28 @@ class CallBridge:
             )
         else:
             disposition = Disposition(record.outcome.value)
+        ended_at = wall(record.ended)
+        # The CDR is built in one go (no fields patched in afterwards): the settlement first.
+        bid = price = payout = None
+        billable = False
         if decision is not None:
             facts = decision.facts
             caller, called = facts.caller, facts.called
+            if answered and target is not None and record.trunk_id:
+                # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
+                self.gate.record_call_end(
+                    record.trunk_id, record.duration_ms, target.min_duration_s, ended_at
+                )
+            try:
+                s = self.exchange.settle(facts, target, answered, record.duration_ms)
+            except Exception:
+                CallLog(logger, record.call_id).exception("settlement failed")
+            else:
+                bid, price, payout, billable = s.bid, s.price, s.payout, s.billable
         else:
             caller = normalize(record.caller) or record.caller
             called = normalize(record.called) or record.called
-        cdr = Cdr(
+        return Cdr(
             call_id=record.call_id,
             a_call_id=record.a_call_id,
             b_call_id=record.b_call_id,
@@ -261,7 +282,7 @@ class CallBridge:
             answered_at=(
                 wall(record.answered) if answered and record.answered is not None else None
             ),
-            ended_at=wall(record.ended),
+            ended_at=ended_at,
             duration_ms=record.duration_ms,
             disposition=disposition,
             sip_status=record.sip_status,
@@ -270,27 +291,13 @@ class CallBridge:
             endpoint=record.endpoint,
             attempts=record.attempts,
             rule=record.rule,
+            bid=bid,
+            price=price,
+            payout=payout,
+            billable=billable,
             **media,
+            **(_decided(decision) if decision is not None else _UNDECIDED),
         )
-        if decision is not None:
-            self._with_decision(cdr, decision)
-            if answered and target is not None and record.trunk_id:
-                # Feeds the fraud score's "short calls just under the buyers' minimum" signal.
-                self.gate.record_call_end(
-                    record.trunk_id, record.duration_ms, target.min_duration_s, cdr.ended_at
-                )
-            try:
-                s = self.exchange.settle(decision.facts, target, answered, record.duration_ms)
-            except Exception:
-                log.exception("settlement failed")
-            else:
-                cdr.bid, cdr.price, cdr.payout, cdr.billable = (
-                    s.bid,
-                    s.price,
-                    s.payout,
-                    s.billable,
-                )
-        return cdr
 
     @property
     def pending(self) -> int:

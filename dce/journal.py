@@ -52,7 +52,7 @@ import msgspec
 from compliance.numbers import normalize
 from exchange.money import share
 from store.cdr import Cdr, Disposition
-from store.cdrtext import clean_cdr, clean_text, restore_text
+from store.cdrtext import clean_cdr, clean_text, plain, restore_text
 from switch.dialog import DialogSnapshot
 from switch.record import HangupSide
 
@@ -140,6 +140,8 @@ _ANY = 1 << 62  # no length limit: escaping only
 
 
 def safe_start(start: Start) -> Start:
+    if plain([start.caller, start.called, start.trunk_id]):
+        return start  # nothing to escape: the usual call
     return msgspec.structs.replace(
         start,
         caller=clean_text(start.caller, _ANY),
@@ -150,9 +152,17 @@ def safe_start(start: Start) -> Start:
 
 def safe_up(up: Up) -> Up:
     """An Up record that can be encoded whatever bytes the peers sent."""
-    return msgspec.structs.replace(
-        up, cdr=clean_cdr(up.cdr), a_leg=_leg(up.a_leg, _escape), b_leg=_leg(up.b_leg, _escape)
-    )
+    cdr = clean_cdr(up.cdr)
+    a_leg, b_leg = _safe_leg(up.a_leg), _safe_leg(up.b_leg)
+    if cdr is up.cdr and a_leg is up.a_leg and b_leg is up.b_leg:
+        return up  # nothing to escape: the usual call
+    return msgspec.structs.replace(up, cdr=cdr, a_leg=a_leg, b_leg=b_leg)
+
+
+def _safe_leg(leg: DialogSnapshot) -> DialogSnapshot:
+    texts = [leg.call_id, leg.local_tag, leg.remote_tag or "", leg.local_uri, leg.remote_uri,
+             leg.remote_target, leg.host, *leg.route_set]
+    return leg if plain(texts) else _leg(leg, _escape)
 
 
 def _escape(value: str) -> str:

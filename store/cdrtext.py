@@ -32,6 +32,8 @@ documented for operators in docs/cdr.md "Text values".
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import re
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = [
     "TEXT_LIMITS",
     "clean_cdr",
     "clean_text",
+    "plain",
     "restore_text",
 ]
 
@@ -163,15 +166,20 @@ def restore_text(value: str) -> str:
 # of more than AUCTION_TEXT_LIMIT bytes between quotes (a long string, or long non-string
 # data: then the slow walk decides). A lone surrogate makes the encoder raise instead.
 _JSON_SUSPECT = re.compile(rb'[\\\x7f]|\xc2[\x80-\x9f]|"[^"]{%d,}"' % (AUCTION_TEXT_LIMIT + 1))
+_JSON_LONG = re.compile(rb'"[^"]{%d,}"' % (AUCTION_TEXT_LIMIT + 1))
 _JSON = msgspec.json.Encoder()
 
 
 def _json_is_clean(value: Any) -> bool:
-    """A fast check of a whole JSON-shaped value (one C-speed encode and one regex search)."""
+    """A fast check of a whole JSON-shaped value (one C-speed encode, then byte tests)."""
     try:
         data = _JSON.encode(value)
     except Exception:
         return False
+    if data.isascii() and b"\\" not in data and b"\x7f" not in data:
+        # The usual record: no escape, no DEL, no C1 (not ASCII). Only a long run is left to
+        # rule out, and byte tests are far cheaper than the regex's scan of every position.
+        return len(data) <= AUCTION_TEXT_LIMIT or _JSON_LONG.search(data) is None
     return _JSON_SUSPECT.search(data) is None
 
 
@@ -212,6 +220,35 @@ def _clean_list(items: list[Any], escaped: bool) -> list[Any]:
     return out
 
 
+_TEXT_VALUES = operator.attrgetter(*TEXT_LIMITS)
+_LIMITS = tuple(TEXT_LIMITS.values())
+
+
+def plain(texts: list[str]) -> bool:
+    """Every string printable ASCII without a backslash: none needs escaping, whatever its
+    mode (C-speed checks over one joined string; False also for a value that is not a
+    string). Nearly every value is such, so callers test this before any walk."""
+    try:
+        joined = "".join(texts)
+    except TypeError:
+        return False
+    return joined.isascii() and joined.isprintable() and "\\" not in joined
+
+
+def _needs_nothing(cdr: Cdr) -> bool:
+    """True when :func:`clean_cdr` would return ``cdr`` unchanged without walking it: the
+    usual CDR (plain ASCII values within their limits, a clean auction record)."""
+    texts = [v if v is not None else "" for v in _TEXT_VALUES(cdr)]
+    if not plain(texts) or not all(map(operator.le, map(len, texts), _LIMITS)):
+        return False
+    compliance = cdr.compliance
+    if compliance and (not isinstance(compliance, list) or len(compliance) > COMPLIANCE_MAX_ITEMS
+                       or not plain(compliance)
+                       or max(map(len, compliance)) > COMPLIANCE_ITEM_LIMIT):
+        return False
+    return cdr.auction is None or _json_is_clean(cdr.auction)
+
+
 def clean_cdr(cdr: Cdr, *, escaped: bool = False) -> Cdr:
     """``cdr`` with every text value made storable (see the module docstring).
 
@@ -220,6 +257,9 @@ def clean_cdr(cdr: Cdr, *, escaped: bool = False) -> Cdr:
     peer's bytes, and the writer rejects such a row on its own. ``escaped``: the CDR was
     cleaned before (read back from the spool); see :func:`clean_text`.
     """
+    with contextlib.suppress(Exception):  # a value of an odd type: the walk below decides
+        if _needs_nothing(cdr):
+            return cdr
     changes: dict[str, Any] = {}
     for name, limit in TEXT_LIMITS.items():
         value = getattr(cdr, name)

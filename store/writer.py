@@ -284,15 +284,18 @@ class CdrWriter:
             )
         self._task = asyncio.create_task(self._run(), name="cdr-writer")
 
-    def submit(self, cdr: Cdr, *, escaped: bool = False) -> None:
+    def submit(self, cdr: Cdr, *, escaped: bool = False, cleaned: bool = False) -> None:
         """Queue one CDR. Synchronous, never blocks on the database, never raises.
 
         ``escaped``: the CDR was cleaned already (``clean_cdr``): nothing is escaped twice.
+        ``cleaned``: it is the very output of ``clean_cdr`` (the pump's), which a second
+        pass would return unchanged: skip it.
         """
         try:
             self._submitted += 1
             try:
-                cdr = clean_cdr(cdr, escaped=escaped)
+                if not cleaned:
+                    cdr = clean_cdr(cdr, escaped=escaped)
             except Exception:
                 # Our bug: write the row as it is; if it cannot be stored it is rejected.
                 call_id = _loggable(getattr(cdr, "call_id", None))

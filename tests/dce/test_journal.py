@@ -6,6 +6,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from dce.journal import (
     Beat,
     Confirmed,
@@ -166,3 +169,21 @@ def test_bytes_that_are_not_utf8_are_journaled_and_come_back_exact(tmp_path: Pat
     assert plan.bad_lines == 0
     assert plan.legs[0].call_id == odd  # exact: the BYE goes into the very dialog
     assert [c.call_id for c in plan.cdrs] == ["c1"]
+
+
+@pytest.mark.parametrize("field", ["local_tag", "remote_tag", "local_uri", "remote_uri",
+                                   "remote_target", "route_set", "host"])
+def test_odd_bytes_in_any_dialog_field_come_back_exact(tmp_path: Path, field: str) -> None:
+    from dce.journal import safe_up
+
+    odd = b"x\xfe\x1b\\y".decode("utf-8", "surrogateescape")
+    rec = up("c1")
+    value: object = [f"<sip:{odd}>"] if field == "route_set" else odd
+    b_leg = msgspec.structs.replace(rec.b_leg, **{field: value})
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(safe_up(msgspec.structs.replace(rec, b_leg=b_leg)))
+    journal.flush()
+    plan, _ = Journal(tmp_path).recover()
+    assert plan.bad_lines == 0
+    assert plan.legs == [rec.a_leg, b_leg]  # the plain leg as it was, the odd one exact

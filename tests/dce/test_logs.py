@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
 
 from config.errors import ConfigError
 from config.settings import load_settings
-from dce.logs import JsonFormatter, TextFormatter, setup_logging
+from dce.logs import CallLines, JsonFormatter, TextFormatter, setup_logging
+from store.cdr import Cdr, Disposition
+from switch.record import CallRecord, HangupSide, Outcome
 
 
 def test_bytes_that_are_not_utf8_still_make_a_line() -> None:
@@ -73,3 +77,43 @@ def test_settings_for_the_format_and_numbers() -> None:
         with pytest.raises(ConfigError) as info:
             load_settings({}, env)
         assert info.value.key == key
+
+
+def test_call_line_honours_filters_that_change_or_add_fields() -> None:
+    """The call line's quick JSON path must give what the attributes say, filters included."""
+    t0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    record = CallRecord(
+        call_id="c1", a_call_id="a1@x", b_call_id=None, trunk_id="t1", source="sip",
+        caller="+13125550123", called="+18005550100", received=100.0, answered=None,
+        confirmed=False, ended=100.25, duration_ms=0, outcome=Outcome.REJECTED, sip_status=403,
+        hangup_side=HangupSide.SYSTEM, target_index=None, endpoint=None, attempts=0, rule="dnc",
+    )
+    cdr = Cdr(call_id="c1", a_call_id="a1@x", trunk_id="t1", caller="+13125550123",
+              called="+18005550100", received_at=t0, ended_at=t0,
+              disposition=Disposition.REJECTED_COMPLIANCE, sip_status=403,
+              hangup_side=HangupSide.SYSTEM, rule="dnc")
+
+    class Redact(logging.Filter):
+        def filter(self, rec: logging.LogRecord) -> bool:
+            rec.trunk_id = "(hidden)"
+            rec.site = "east"
+            return True
+
+    out = io.StringIO()
+    logger = logging.getLogger("test.logs.filtered")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    lines = CallLines(logger=logger)
+    lines.ended(record, cdr)
+    handler.addFilter(Redact())
+    lines.ended(record, cdr)
+    plain, filtered = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (plain["trunk_id"], plain["disposition"], plain["setup_ms"]) == (
+        "t1", "rejected_compliance", 250)
+    assert "site" not in plain
+    assert (filtered["trunk_id"], filtered["site"]) == ("(hidden)", "east")
+    assert {k: v for k, v in filtered.items() if k not in ("ts", "trunk_id", "site")} == {
+        k: v for k, v in plain.items() if k not in ("ts", "trunk_id")}

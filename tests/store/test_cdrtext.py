@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from store.cdr import Cdr, Disposition
 from store.cdrtext import (
     AUCTION_TEXT_LIMIT,
+    COMPLIANCE_ITEM_LIMIT,
     COMPLIANCE_MAX_ITEMS,
     TEXT_LIMITS,
     clean_cdr,
@@ -189,3 +190,38 @@ def test_auction_keys_that_collide_after_truncation_are_both_kept() -> None:
 def test_values_of_the_wrong_type_are_left_for_the_writer_to_reject() -> None:
     c = cdr(caller=12345, price=1.5)
     assert clean_cdr(c) is c
+
+
+# Plain printable ASCII (what nearly every CDR holds: the quick check's case), near and past
+# each limit, mixed with anything a header can hold.
+PLAIN_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+SOME_TEXT = st.one_of(PLAIN_TEXT, ANY_TEXT, st.none())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.fixed_dictionaries({name: SOME_TEXT for name in TEXT_LIMITS}),
+    compliance=st.lists(st.one_of(PLAIN_TEXT, ANY_TEXT), max_size=COMPLIANCE_MAX_ITEMS + 2),
+    auction=st.one_of(st.none(), st.dictionaries(PLAIN_TEXT, st.one_of(PLAIN_TEXT, ANY_TEXT,
+                                                                       st.integers()))),
+    escaped=st.booleans(),
+)
+def test_property_every_value_is_stored_by_the_rule_whatever_path_decides(
+    texts: dict[str, str | None], compliance: list[str], auction: dict[str, object] | None,
+    escaped: bool,
+) -> None:
+    fields = {k: v for k, v in texts.items() if k not in ("call_id", "a_call_id") or v is not None}
+    c = cdr(**fields, compliance=compliance, auction=auction)
+    out = clean_cdr(c, escaped=escaped)
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(c, name)
+        want = clean_text(value, limit, escaped=escaped) if value is not None else None
+        assert getattr(out, name) == want, name
+    kept = [clean_text(v, COMPLIANCE_ITEM_LIMIT, escaped=escaped) for v in compliance]
+    if len(kept) > COMPLIANCE_MAX_ITEMS:
+        kept = [*kept[: COMPLIANCE_MAX_ITEMS - 1],
+                f"\\[truncated {len(kept) - COMPLIANCE_MAX_ITEMS + 1}]"]
+    assert out.compliance == kept
+    msgspec.json.encode(out)  # storable: the spool and the COPY encode it
+    if out == c:
+        assert out is c  # nothing changed: the same record, not a copy
