@@ -18,22 +18,39 @@ offers M x C calls/s for --seconds; when it stops sending, a second uac offers C
 * RSS before the load, at its peak, and --settle seconds after it (target: within 20 % of
   before), live calls then (target 0), and CDRs: how many, and how many claim a connected call
   lasting more than 5 s or billable (0-hold calls: target 0);
+* gate: the load gate's mean shed share over the overload, and delay: its queue delay
+  (dce_load_queue_delay_seconds, an upper bound) p50/max, ms, from /metrics every 0.5 s
+  (the trace is in gate.csv of the step);
+* µs/in: the switch's CPU over the step per INVITE offered (a call, or a refusal: with
+  ``--env DCE_OVERLOAD_CPU 0.01`` nearly every INVITE is refused, so this is a 503's cost);
 * other: core 1 busy with anything but the switch (above ~10 % the figures are not the
-  switch's own).
+  switch's own), and machine: what processes not the bench's (nor its database's backends)
+  used of the whole machine while the load ran, and the hypervisor's steal per core
+  (bench/machine.py). A step whose machine window was disturbed is run again, up to
+  --repeat times, after waiting (bounded) for a quiet machine; every attempt is printed.
+
+--shed-cost measures the CPU of a stateless 503 to a new INVITE and of the ACK that follows
+it, against a whole call, in the sans-IO core alone (as bench_core.py) and through the pump
+(as bench_pipeline.py: routing, journal, CDR, logs, metrics, no kernel): shedding works only
+while refusing a call costs far less than carrying one. A machine window is printed with it.
 
     .venv/bin/python bench/bench_overload.py --clean-rate 1000
     .venv/bin/python bench/bench_overload.py --clean-rate 1000 --multiples 2 --seconds 20
+    .venv/bin/python bench/bench_overload.py --shed-cost
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_core import CALLER, Admit, invite, one_round  # noqa: E402
 from bench_sip import (  # noqa: E402
     PEER_CORE,
     SWITCH_CORE,
@@ -53,7 +71,11 @@ from bench_sip import (  # noqa: E402
     percentile,
     sipp_rtt,
 )
+from machine import Window, pids_matching, wait_quiet  # noqa: E402
 
+from switch.context import CoreConfig  # noqa: E402
+from switch.core import SwitchCore  # noqa: E402
+from switch.message import SipResponse, parse_message  # noqa: E402
 from tests.integration import dce_process  # noqa: E402
 from tests.integration.db import create_database, drop_database, fetch  # noqa: E402
 from tests.integration.dce_process import Switch  # noqa: E402
@@ -85,7 +107,13 @@ class Step:
     ghosts: int = 0
     ghost_billable: int = 0
     cpu_pct: float = 0.0
+    us_per_offer: float = 0.0  # the switch's CPU over every INVITE offered (both uacs)
     other_pct: float = 0.0
+    machine: str = ""  # other processes and steal while the load ran (bench/machine.py)
+    shed_mean: float | None = None  # the gate's shed share, mean over the overload
+    delay_p50_ms: float | None = None  # the gate's queue delay, over the overload
+    delay_max_ms: float | None = None
+    disturbed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -119,6 +147,37 @@ def recovery_seconds(rows: list[dict[str, str]]) -> float | None:
     if not seen:
         return None
     return float(last_bad + 1)
+
+
+class GateTrace(threading.Thread):
+    """The load gate's gauges from /metrics every half second: what it saw and did."""
+
+    def __init__(self, sw: Switch, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.sw, self.path = sw, path
+        self.rows: list[tuple[float, float, float, float]] = []  # t, shed, delay s, cpu
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_event.wait(0.5):
+            try:
+                text = self.sw.metrics()
+            except Exception:  # a busy switch may not answer in time
+                continue
+            got = dict(re.findall(r"^(dce_load_\w+) (\S+)$", text, re.M))
+            self.rows.append((time.monotonic() - t0, float(got.get("dce_load_shed_share", 0)),
+                              float(got.get("dce_load_queue_delay_seconds", 0)),
+                              float(got.get("dce_load_cpu", 0))))
+        self.path.write_text("t;shed;delay_s;cpu\n" + "".join(
+            f"{t:.1f};{s:.3f};{d:.4f};{c:.3f}\n" for t, s, d, c in self.rows))
+
+    def summary(self, until: float) -> tuple[float, float, float] | None:
+        rows = [r for r in self.rows if r[0] <= until]
+        if not rows:
+            return None
+        delays = sorted(r[2] * 1000 for r in rows)
+        return (statistics.fmean(r[1] for r in rows), percentile(delays, 0.5), delays[-1])
 
 
 def sipp_uac(out: Path, name: str, target: str, rate: int, calls: int, seconds: float,
@@ -173,10 +232,17 @@ def run_step(multiple: float, args: argparse.Namespace, server: str | None, out:
                 cwd=out, stdout=uas_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_bound(uas_port)
         time.sleep(1.0)
+        db_name = db_url.rsplit("/", 1)[-1].split("?")[0] if db_url else ""
+        extra = (lambda: pids_matching(db_name)) if db_name else None
+        # Bounded: a machine that never quiets is measured anyway, and the step says so.
+        wait_quiet(timeout=args.quiet_wait, extra=extra)
         step.rss_before_mib = sw.rss_kib() / 1024
+        window = Window(extra)
         sampler = Sampler(sw)
         cpu0, core0, t0 = sw.cpu_seconds(), core_busy_seconds(int(SWITCH_CORE)), time.monotonic()
         sampler.start()
+        trace = GateTrace(sw, out / "gate.csv")
+        trace.start()
         over = sipp_uac(out, "over", sw.sip_addr, rate, calls, args.seconds, free_port())
         # The offered load stops after --seconds; SIPp keeps waiting for calls in flight.
         time.sleep(args.seconds)
@@ -188,10 +254,21 @@ def run_step(multiple: float, args: argparse.Namespace, server: str | None, out:
                 proc.kill()
                 step.notes.append("a uac did not finish in time")
         elapsed = time.monotonic() - t0
+        load = window.stop()
+        step.machine = load.brief()
+        step.disturbed = load.disturbed()
         cpu1, core1 = sw.cpu_seconds(), core_busy_seconds(int(SWITCH_CORE))
         sampler.stop_event.set()
         sampler.join(2)
+        trace.stop_event.set()
+        trace.join(3)
+        summary = trace.summary(args.seconds)
+        if summary is not None:
+            step.shed_mean, step.delay_p50_ms, step.delay_max_ms = summary
         step.cpu_pct = 100 * (cpu1 - cpu0) / elapsed
+        half_calls = counts(last_stats(out / "half" / "half_stat.csv"))
+        offered = calls + half_calls["successful"] + half_calls["failed"]
+        step.us_per_offer = 1e6 * (cpu1 - cpu0) / max(1, offered)
         step.other_pct = max(0.0, 100 * ((core1 - core0) - (cpu1 - cpu0)) / elapsed)
         step.rss_peak_mib = sampler.peak_rss_kib / 1024
         over_counts = counts(last_stats(out / "over" / "over_stat.csv"))
@@ -236,6 +313,99 @@ def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def shed_round(n: int) -> tuple[float, float]:
+    """µs of CPU per stateless 503 (INVITE in, 503 out) and per ACK of one, core alone."""
+    core = SwitchCore(CoreConfig(host="203.0.113.1", port=5060), Admit(), random.Random(1))
+    core.set_shedding(1.0)
+    invites = [invite(i) for i in range(n)]
+    answers: list[bytes] = []
+    t0 = time.process_time()
+    for i, data in enumerate(invites):
+        core.receive_datagram(data, CALLER, i * 1e-4)
+        answers.extend(d for d, _ in core.datagrams_to_send())
+    t1 = time.process_time()
+    assert core.stats["calls_shed"] == n and len(answers) == n
+    acks = []
+    for data in answers:
+        resp = parse_message(data)
+        assert isinstance(resp, SipResponse) and resp.status == 503
+        via = resp.headers.get("via") or ""
+        acks.append((
+            f"ACK sip:18005550100@203.0.113.1:5060 SIP/2.0\r\nVia: {via.split(';rport')[0]}"
+            f";rport\r\nFrom: {resp.headers.get('from')}\r\nTo: {resp.headers.get('to')}\r\n"
+            f"Call-ID: {resp.call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n").encode())
+    t2 = time.process_time()
+    for i, data in enumerate(acks):
+        core.receive_datagram(data, CALLER, 3.0 + i * 1e-4)
+        assert not core.datagrams_to_send()
+    t3 = time.process_time()
+    assert core.live_calls == 0 and len(core.layer) == 0  # nothing kept
+    return (t1 - t0) / n * 1e6, (t3 - t2) / n * 1e6
+
+
+def ack_for(data: bytes) -> bytes:
+    """The caller's ACK to a 503 (RFC 3261 §17.1.1.3: the INVITE's top Via, the 503's To)."""
+    resp = parse_message(data)
+    assert isinstance(resp, SipResponse) and resp.status == 503, data
+    via = (resp.headers.get("via") or "").split(";rport")[0]
+    return (f"ACK sip:18005550100@127.0.0.1:5060 SIP/2.0\r\nVia: {via};rport\r\n"
+            f"From: {resp.headers.get('from')}\r\nTo: {resp.headers.get('to')}\r\n"
+            f"Call-ID: {resp.call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+async def pipeline_round(n: int) -> tuple[float, float, float]:
+    """µs of CPU per 503, per ACK of one and per call through ``SipPump.feed`` and
+    ``transmit``, the whole application without the kernel (bench_pipeline.py's rig)."""
+    import bench_pipeline as bp
+
+    rig = bp.Rig("bypass", True)
+    rig.switch.core.set_shedding(1.0)
+    invites = [bp.invite(i) for i in range(n)]
+    cpu0 = rig.cpu
+    answers = [rig.feed(raw, bp.CALLER) for raw in invites]
+    refuse = (rig.cpu - cpu0) / n * 1e6
+    acks = [ack_for(out[0][0]) for out in answers]
+    cpu0 = rig.cpu
+    for raw in acks:
+        assert not rig.feed(raw, bp.CALLER)
+    ack = (rig.cpu - cpu0) / n * 1e6
+    rig.switch.core.set_shedding(0.0)
+    rig.close()
+    return refuse, ack, await bp.one_round(n // 2, "bypass", None)
+
+
+def shed_cost(rounds: int, calls: int) -> int:
+    import asyncio
+
+    def show(where: str, refuse: list[float], ack: list[float], call: list[float]) -> None:
+        both = [r + a for r, a in zip(refuse, ack, strict=True)]
+        print(f"stateless 503, {where} ({rounds} rounds, best / median µs of CPU): "
+              f"503 {min(refuse):.0f} / {statistics.median(refuse):.0f}, "
+              f"its ACK {min(ack):.0f} / {statistics.median(ack):.0f}, "
+              f"both {min(both):.0f} / {statistics.median(both):.0f}; "
+              f"a whole call {min(call):.0f} / {statistics.median(call):.0f}; "
+              f"a refusal costs {100 * min(both) / min(call):.0f} % of a call (best vs best)",
+              flush=True)
+
+    refuse, ack, call = [], [], []
+    for _ in range(rounds):
+        r, a = shed_round(calls * 4)
+        refuse.append(r)
+        ack.append(a)
+        call.append(one_round(calls, 1000.0, None))
+    show("core alone", refuse, ack, call)
+    refuse, ack, call = [], [], []
+    for _ in range(rounds):
+        r, a, c = asyncio.run(pipeline_round(calls * 2))
+        refuse.append(r)
+        ack.append(a)
+        call.append(c)
+    show("whole application without the kernel", refuse, ack, call)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,8 +420,21 @@ def main(argv: list[str] | None = None) -> int:
                    or os.environ.get("DCE_TEST_DATABASE_URL"))
     p.add_argument("--env", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="extra environment for the switch, e.g. --env DCE_OVERLOAD_CPU 0.9")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run a step whose machine window was disturbed again, this many times")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="seconds at most to wait for a quiet machine before each step")
+    p.add_argument("--shed-cost", action="store_true",
+                   help="only measure the CPU of a stateless 503 against a call (core alone)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.shed_cost:
+        window = Window()
+        shed_cost(5, 2000)
+        load = window.stop()
+        print(f"machine: {load.brief()}"
+              + ("   DISTURBED: " + "; ".join(load.disturbed()) if load.disturbed() else ""))
+        return 0
     if SIPP is None:
         print("bench_overload: sipp not found (apt-get install sip-tester)", file=sys.stderr)
         return 2
@@ -261,18 +444,26 @@ def main(argv: list[str] | None = None) -> int:
           f"files in {out}", flush=True)
     print(f"{'x':>4} {'offered':>7} {'done':>7} {'goodput':>8} {'%clean':>6} {'shed':>6} "
           f"{'failed':>6} {'p50ms':>6} {'p99ms':>6} {'recov':>5} {'RSS MiB b/peak/after':>21} "
-          f"{'live':>4} {'cdrs':>6} {'ghost':>5} {'$':>3} {'cpu':>4} {'other':>5}", flush=True)
+          f"{'live':>4} {'cdrs':>6} {'ghost':>5} {'$':>3} {'cpu':>4} {'µs/in':>5} {'other':>5} {'gate':>6} {'delay':>10} machine",
+          flush=True)
     steps = []
     for m in args.multiples:
-        s = run_step(m, args, args.database_url, out / f"x{m}")
-        steps.append(s)
-        print(f"{s.multiple:>4.1f} {s.offered:>7} {s.completed:>7} {s.goodput:>8.0f} "
-              f"{100 * s.goodput / args.clean_rate:>5.0f}% {s.shed:>6} {s.failed:>6} "
-              f"{fmt(s.p50_ms, '>6.0f')} {fmt(s.p99_ms, '>6.0f')} {fmt(s.recovery_s, '>5.0f')} "
-              f"{s.rss_before_mib:>6.0f}/{s.rss_peak_mib:>6.0f}/{s.rss_after_mib:>6.0f} "
-              f"{fmt(s.live_after, '>4')} {s.cdrs:>6} {s.ghosts:>5} {s.ghost_billable:>3} "
-              f"{s.cpu_pct:>3.0f}% {s.other_pct:>4.0f}%"
-              + ("   " + "; ".join(s.notes) if s.notes else ""), flush=True)
+        for attempt in range(args.repeat + 1):
+            s = run_step(m, args, args.database_url, out / f"x{m}-{attempt}")
+            notes = s.notes + (["DISTURBED: " + "; ".join(s.disturbed)] if s.disturbed else [])
+            print(f"{s.multiple:>4.1f} {s.offered:>7} {s.completed:>7} {s.goodput:>8.0f} "
+                  f"{100 * s.goodput / args.clean_rate:>5.0f}% {s.shed:>6} {s.failed:>6} "
+                  f"{fmt(s.p50_ms, '>6.0f')} {fmt(s.p99_ms, '>6.0f')} "
+                  f"{fmt(s.recovery_s, '>5.0f')} "
+                  f"{s.rss_before_mib:>6.0f}/{s.rss_peak_mib:>6.0f}/{s.rss_after_mib:>6.0f} "
+                  f"{fmt(s.live_after, '>4')} {s.cdrs:>6} {s.ghosts:>5} {s.ghost_billable:>3} "
+                  f"{s.cpu_pct:>3.0f}% {s.us_per_offer:>5.0f} {s.other_pct:>4.0f}% "
+                  f"{fmt(None if s.shed_mean is None else 100 * s.shed_mean, '>5.0f')}% "
+                  f"{fmt(s.delay_p50_ms, '>4.0f')}/{fmt(s.delay_max_ms, '<5.0f')} {s.machine}"
+                  + ("   " + "; ".join(notes) if notes else ""), flush=True)
+            if not s.disturbed:
+                break
+        steps.append(s)  # the last attempt: quiet, or the last of the disturbed ones
     print()
     for s in steps:
         if s.multiple == 2.0:

@@ -166,11 +166,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth_block_time: float = 600.0
     # How often the call journal (crash recovery) is fsynced: what a power loss can lose.
     journal_sync: float = 0.1
-    # Overload control (dce/load.py): the CPU share of one core the switch keeps itself under
-    # by refusing new INVITEs with 503 (0 turns it off), and the event-loop lag that counts
-    # as overload whatever the CPU says.
-    overload_cpu: float = 0.85
+    # Overload control (dce/load.py): new INVITEs are refused with 503 so that requests wait
+    # in the SIP socket's kernel queue about overload_delay at most (0 turns it off); an
+    # event-loop lag above overload_lag, or a CPU share of one core above overload_cpu (0 or
+    # 1: no such limit), counts as overload too.
+    overload_delay: float = 0.05
     overload_lag: float = 0.05
+    overload_cpu: float = 1.0
     # Per-source rate limits (switch/pike.py, like Kamailio's pike): more than pike_limit
     # messages in one pike_window bans the source for pike_ban (0: no limit). Trunk and buyer
     # addresses are never banned. pike_nft_set(6) names an nftables set bans are copied to.
@@ -331,6 +333,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "pike_nft_set": lambda raw, key: _nft_set(raw, key),
     "pike_nft_set6": lambda raw, key: _nft_set(raw, key),
     "trusted_proxies": _networks,
+    "overload_cpu": _fraction,
 }
 _DEFAULTS = Settings()
 

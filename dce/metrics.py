@@ -76,6 +76,27 @@ class CallMetrics:
         self.first_response = Histogram(SETUP_BUCKETS)
         self.post_dial_delay = Histogram(SETUP_BUCKETS)
         self.decision = Histogram(DECISION_BUCKETS)
+        # (trunk, campaign, buyer) -> their Slices, found (or folded into OTHER) once: a
+        # label value's Slice never changes once made, and tables never shrink.
+        self._parts: dict[tuple[str, str, str | None], tuple[Slice, ...]] = {}
+
+    def _slices(self, key: tuple[str, str, str | None]) -> tuple[Slice, ...]:
+        parts = []
+        for table, value in zip((self.trunks, self.campaigns, self.buyers), key, strict=True):
+            if value is None:
+                continue
+            part = table.get(value)
+            if part is None:
+                if len(table) >= MAX_VALUES:
+                    value = OTHER
+                    part = table.get(OTHER)
+                if part is None:
+                    part = table[value] = Slice()
+            parts.append(part)
+        if len(self._parts) >= MAX_VALUES:
+            self._parts.clear()  # ids churning by the thousand: keep the cache bounded
+        out = self._parts[key] = tuple(parts)
+        return out
 
     def ended(self, record: CallRecord, cdr: Cdr) -> None:
         """Count one ended call (its CDR is cleaned already)."""
@@ -85,17 +106,11 @@ class CallMetrics:
         if cdr.billable:
             revenue, payout = cdr.price or 0, cdr.payout or 0
         trunk = cdr.trunk_id or NONE
-        for table, key in ((self.trunks, trunk), (self.campaigns, cdr.campaign_id or NONE),
-                           (self.buyers, cdr.buyer_id)):
-            if key is None:
-                continue
-            part = table.get(key)
-            if part is None:
-                if len(table) >= MAX_VALUES:
-                    key = OTHER
-                    part = table.get(OTHER)
-                if part is None:
-                    part = table[key] = Slice()
+        key = (trunk, cdr.campaign_id or NONE, cdr.buyer_id)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._slices(key)
+        for part in parts:
             calls = part.calls
             calls[disposition] = calls.get(disposition, 0) + 1
             if answered:
@@ -186,6 +201,11 @@ class _SwitchCollector(Collector):
         yield GaugeMetricFamily("dce_load_lag_seconds", "event-loop lag", value=load.lag)
         yield GaugeMetricFamily("dce_load_udp_queue_bytes", "bytes waiting in the SIP socket",
                                 value=load.queue)
+        yield GaugeMetricFamily("dce_load_queue_delay_seconds",
+                                "how long that queue takes to read (overload control's measure)",
+                                value=load.delay)
+        yield GaugeMetricFamily("dce_load_busy", "share of the time the event loop ran or "
+                                "waited for a CPU", value=load.busy)
         yield GaugeMetricFamily("dce_load_shed_share", "share of new INVITEs refused",
                                 value=load.shed)
         gc_stats = self.switch.gc_pauses

@@ -42,7 +42,7 @@ from dce.endpoint_health import HealthTracker, ProbeConfig, Prober
 from dce.health import DatabaseProbe, health
 from dce.journal import Beat, Journal
 from dce.livecalls import LiveCalls
-from dce.load import TICK, LoadGate, udp_rx_queue
+from dce.load import TICK, LoadGate, RunClock, socket_rx_queue, udp_rx_queue
 from dce.logs import CallLines
 from dce.metrics import GcPauses
 from dce.phone import add_phone_routes
@@ -64,6 +64,7 @@ from switch.transport import TcpHub, UdpTransport
 from switch.websocket import WsHub
 
 logger = logging.getLogger(__name__)
+CALM_TICKS = round(1.0 / TICK)  # shed 0 this long before "overload over" is logged
 
 
 class Switch:
@@ -92,7 +93,8 @@ class Switch:
         self._exchange_version = -1
         self.bridge: CallBridge | None = None
         self.journal: Journal | None = None
-        self.load = LoadGate(target_cpu=settings.overload_cpu, max_lag=settings.overload_lag)
+        self.load = LoadGate(target_delay=settings.overload_delay,
+                             max_lag=settings.overload_lag, max_cpu=settings.overload_cpu)
         self.admin_token = ""
         self.admitter = TrunkAdmitter(config, secrets.token_bytes(32), settings.digest_algorithms,
                                       guard=guard_config(settings),
@@ -118,7 +120,7 @@ class Switch:
             self.admitter,
             rng=self.rng,
         )
-        self.pump = SipPump(self.loop, self.core, self.media, self._submit_cdr)
+        self.pump = SipPump(self.loop, self.core, self.media, self._submit_cleaned_cdr)
         self.pump.admitter = self.admitter
         self.pump.route_eagerly = settings.redis_url is None  # see SipPump.route_eagerly
         # The dashboard's last hour (dce/aggregates.py), fed by the pump from the first call.
@@ -174,12 +176,15 @@ class Switch:
         leftovers = self._recover()
         await self._start_http()
         # Everything allocated so far lives as long as the process: keep the collector off it.
-        # A young generation of 5,000 (CPython: 700) halves collection work per call; 20,000
-        # made gen1 pauses of 0.8 s under load, and every pause stalls every call. Full
-        # collections, which walk every live call, are ten times rarer than by default.
+        # With it frozen and full collections rare, total collector CPU hardly depends on the
+        # young thresholds (each object is walked once per generation), but a pause grows with
+        # them: bringing 10,000 calls up in the switch core (issue 13, bench/bench_memory.py)
+        # a gen1 collection took 29 ms of CPU at (5,000, 10), 12 ms at (2,000, 10) and 4.5 ms
+        # (at most 9) at (1,000, 10), for the same CPU per call. 500 keeps full collections,
+        # which walk every live call, as rare as (5,000, 10, 100) did: 5M allocations apart.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(5_000, 10, 100)
+        gc.set_threshold(1_000, 10, 500)
         gc.callbacks.append(self.gc_pauses.callback)
         if leftovers:
             self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
@@ -273,28 +278,45 @@ class Switch:
         Journal.forget(paths)
 
     async def _watch_load(self) -> None:
-        """Every TICK: CPU share and loop lag -> the share of new INVITEs to shed (dce/load.py)."""
+        """Every TICK: the kernel queue's delay, loop lag and CPU share -> the share of new
+        INVITEs to shed (dce/load.py)."""
         gate = self.load
         port = self.settings.sip_listen[1]
-        shedding = False
-        while True:
-            due = self.loop.time() + TICK
-            await asyncio.sleep(TICK)
-            now = self.loop.time()
-            share = gate.update(
-                now, time.process_time(), max(0.0, now - due), udp_rx_queue(port),
-                # Bytes read from the socket, a banned flood's included (switch/transport.py).
-                self.pump.udp.rx_bytes if self.pump.udp is not None else 0,
-            )
-            self.core.set_shedding(share)
-            if (share > 0.0) != shedding:
-                shedding = share > 0.0
-                logger.warning(
-                    "overload: shedding new calls" if shedding else "overload over",
-                    extra={"shed": round(share, 3), "cpu": round(gate.cpu, 3),
-                           "lag_ms": round(gate.lag * 1000), "queue": gate.queue,
-                           "delay_ms": round(gate.delay * 1000)},
+        udp = self.pump.udp
+        sock = udp.transport.get_extra_info("socket") if udp and udp.transport else None
+        run = RunClock()  # this coroutine runs on the loop's thread: it measures the loop
+        try:
+            shedding = False
+            calm = 0  # ticks since the share was last above 0
+            while True:
+                due = self.loop.time() + TICK
+                await asyncio.sleep(TICK)
+                now = self.loop.time()
+                # One getsockopt; /proc/net/udp lists every socket of the host (tens of ms with
+                # thousands of RTP sockets open), so it is only the fallback.
+                queue = socket_rx_queue(sock) if sock is not None else None
+                share = gate.update(
+                    now, time.process_time(), max(0.0, now - due),
+                    udp_rx_queue(port) if queue is None else queue,
+                    # Bytes read from the socket, a banned flood's included (switch/transport.py).
+                    self.pump.udp.rx_bytes if self.pump.udp is not None else 0,
+                    run.read(),
                 )
+                self.core.set_shedding(share)
+                # One line when shedding starts and one when it has stayed off for a second: the
+                # share touches 0 now and then while a load hovers at capacity.
+                calm = 0 if share > 0.0 else calm + 1
+                if (share > 0.0 and not shedding) or (shedding and calm >= CALM_TICKS):
+                    shedding = share > 0.0
+                    logger.warning(
+                        "overload: shedding new calls" if shedding else "overload over",
+                        extra={"shed": round(share, 3), "cpu": round(gate.cpu, 3),
+                               "busy": round(gate.busy, 3),
+                               "lag_ms": round(gate.lag * 1000), "queue": gate.queue,
+                               "delay_ms": round(gate.delay * 1000)},
+                    )
+        finally:
+            run.close()
 
     async def _heartbeat(self) -> None:
         """A Beat every second (how long an interrupted call lasted), fsync every
@@ -313,9 +335,14 @@ class Switch:
             await asyncio.sleep(interval)
 
     def _submit_cdr(self, cdr: Any) -> None:
-        # Every CDR reaching here is cleaned already: by the pump, or read from the journal.
+        # Every CDR reaching here is cleaned already, read from the journal.
         if self.cdr_writer is not None:
             self.cdr_writer.submit(cdr, escaped=True)
+
+    def _submit_cleaned_cdr(self, cdr: Any) -> None:
+        # The pump's: the output of clean_cdr itself (dce/pump.py _ended).
+        if self.cdr_writer is not None:
+            self.cdr_writer.submit(cdr, cleaned=True)
 
     async def _open_database(self) -> None:
         dsn = self.settings.database_url
