@@ -24,7 +24,7 @@ from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-BURST = 400
+BURST = 2000  # a backlog of well over a second: the loop is saturated for several ticks
 NOBODY = "18005550199"  # no campaign: an admitted INVITE of the burst is answered 404 at once
 
 
