@@ -44,10 +44,15 @@ from switch.message import Headers, SipRequest, SipResponse, make_response, pars
 from switch.outside import Admitter, OutOfDialog, fix_via
 from switch.peer import Peer
 from switch.record import Outcome
+from switch.stateless import answer as stateless_answer
+from switch.stateless import is_stateless_ack, top_branch
 from switch.transaction import TransactionLayer
 from switch.uri import SipUri
 
 RECOVERY_SEQ_GAP = 1000
+# INVITE branches let through are remembered this long (twice over, in two generations): a
+# retransmission comes within Timer B's 64·T1 = 32 s, and must reach its transaction.
+BRANCH_MEMORY_S = 32.0
 
 
 class SwitchCore:
@@ -60,12 +65,19 @@ class SwitchCore:
         self._probes: dict[str, str] = {}  # OPTIONS client tx -> the probed URI
         self._shed = 0.0  # share of new INVITEs refused statelessly (set_shedding)
         self._shed_debt = 0.0
+        self._shed_key = rng.randbytes(32)  # keys the To tags of shed INVITEs' 503s
+        # Top-Via branches of the INVITEs let through, recent and older (see _shed_raw).
+        self._branches: set[bytes] = set()
+        self._branches_old: set[bytes] = set()
+        self._branches_since = 0.0
 
     # ------------------------------------------------------------------ inputs
 
     def receive_datagram(self, data: bytes, peer: Peer, now: float) -> None:
         """One message off the wire (a datagram or one framed stream message)."""
         self._ctx.now = now
+        if self._shed > 0.0 and self._shed_raw(data, peer):
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
@@ -73,8 +85,10 @@ class SwitchCore:
             return
         if isinstance(msg, SipRequest):
             fix_via(msg, peer)
-            if self._shed > 0.0 and msg.method == "INVITE" and self._shed_this(msg, peer):
-                return
+            if msg.method == "INVITE":
+                if self._shed > 0.0 and self._shed_this(msg, peer):
+                    return
+                self._let_through(msg, now)
         try:
             self._ctx.layer.receive(msg, peer, now)
             self._pump(now)
@@ -93,6 +107,47 @@ class SwitchCore:
         self._shed = min(1.0, max(0.0, fraction))
         if self._shed == 0.0:
             self._shed_debt = 0.0
+
+    def _let_through(self, req: SipRequest, now: float) -> None:
+        """Remember an INVITE's branch, so that its retransmissions pass _shed_raw."""
+        if now - self._branches_since >= BRANCH_MEMORY_S:
+            self._branches_old, self._branches = self._branches, set()
+            self._branches_since = now
+        if req.to_tag is None:
+            branch = req.via.branch
+            if branch is not None:
+                self._branches.add(branch.encode("utf-8", "surrogateescape"))
+
+    def _shed_raw(self, data: bytes, peer: Peer) -> bool:
+        """While shedding, refuse from the raw bytes, before any parsing: a refusal must cost
+        far less than a call, or the refusals alone saturate the switch (and their callers'
+        retransmissions, refused again, keep it there). True when ``data`` was dealt with.
+
+        * a new INVITE whose share is due: a stateless 503 (switch/stateless.py); its
+          retransmissions get the same answer, with the same To tag;
+        * the ACK of such a 503 (its To tag is one stateless.answer made): dropped, as the core
+          would after parsing it;
+        * anything else, an INVITE let through before and its retransmissions included: the
+          full path.
+        """
+        if not data.startswith(b"INVITE "):
+            return is_stateless_ack(data)
+        branch = top_branch(data)
+        if branch is not None and (branch in self._branches or branch in self._branches_old):
+            return False  # a retransmission of an INVITE already taken
+        if self._shed_debt + self._shed < 1.0:
+            return False  # not its turn: the full path counts it (_shed_this)
+        resp = stateless_answer(
+            data, peer, 503, "Service Unavailable",
+            [("Retry-After", str(RETRY_AFTER_S)), ("Reason", reason_header(503, "overload")[1])],
+            self._shed_key,
+        )
+        if resp is None:
+            return False  # not plainly an initial INVITE: the parsed path decides
+        self._shed_debt += self._shed - 1.0
+        self._ctx.stats["calls_shed"] += 1
+        self._ctx.layer.send_bytes(resp, peer)
+        return True
 
     def _shed_this(self, req: SipRequest, peer: Peer) -> bool:
         """Shed ``req`` (a new INVITE) if its share is due; True when it was answered."""

@@ -25,7 +25,7 @@ from typing import Final
 
 from switch.peer import Peer
 
-__all__ = ["answer", "is_initial_invite"]
+__all__ = ["answer", "is_initial_invite", "is_stateless_ack", "top_branch"]
 
 # Compact forms (RFC 3261 §7.3.3) of the header fields a response copies.
 _NAMES: Final = {
@@ -44,6 +44,33 @@ _CREDENTIALS: Final = re.compile(rb"(?im)^(?:proxy-)?authorization[ \t]*:")
 def is_initial_invite(data: bytes) -> bool:
     """A cheap first look: an INVITE request line (a To tag is checked by :func:`answer`)."""
     return data.startswith(b"INVITE ")
+
+
+# The first Via header line, and a branch parameter in its first value.
+_FIRST_VIA: Final = re.compile(rb"\r\n(?:via|v)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_BRANCH: Final = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+# A To tag of exactly 16 hex digits: what answer() makes (the core's own tags are 12).
+_TO_LINE: Final = re.compile(rb"\r\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_HASH_TAG: Final = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*[0-9a-f]{16}[ \t]*(?:;|$)", re.IGNORECASE)
+
+
+def top_branch(data: bytes) -> bytes | None:
+    """The branch of the request's top Via value, or None (no Via, no branch)."""
+    via = _FIRST_VIA.search(data)
+    if via is None:
+        return None
+    first = via.group(1).split(b",", 1)[0]
+    m = _BRANCH.search(first)
+    return m.group(1) if m is not None else None
+
+
+def is_stateless_ack(data: bytes) -> bool:
+    """An ACK whose To tag is one :func:`answer` made: it acknowledges a stateless final
+    response, so no transaction or dialog of the switch waits for it."""
+    if not data.startswith(b"ACK "):
+        return False
+    to = _TO_LINE.search(data)
+    return to is not None and _HASH_TAG.search(to.group(1)) is not None
 
 
 def has_credentials(data: bytes) -> bool:

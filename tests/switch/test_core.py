@@ -756,6 +756,46 @@ def test_shedding_refuses_new_invites_statelessly_but_never_admitted_ones() -> N
     assert statuses.count(503) == 5 and statuses.count(100) == 5  # exactly the share
 
 
+def test_shed_invites_and_their_retransmissions_and_acks_cost_no_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import switch.core
+
+    h = Harness()
+    h.feed(A, invite())  # admitted before the overload
+    h.take(A)
+    h.core.set_shedding(1.0)
+    parsed: list[bytes] = []
+    real_parse = switch.core.parse_message
+
+    def counting(data: bytes) -> SipRequest | SipResponse:
+        parsed.append(data)
+        return real_parse(data)
+
+    monkeypatch.setattr(switch.core, "parse_message", counting)
+    shed = invite(call_id="s1@x", branch="z9hG4bKs1")
+    h.feed(A, shed)
+    h.feed(A, shed)  # the caller retransmits: the same answer, the same To tag
+    first, again = h.take(A)
+    assert isinstance(first, SipResponse) and isinstance(again, SipResponse)
+    assert first.status == again.status == 503 and first.to_tag == again.to_tag
+    assert first.to_tag is not None and len(first.to_tag) == 16
+    ack = (
+        f"ACK sip:+18005550100@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKs1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:2125551234@127.0.0.1:5080>;tag=ft\r\n"
+        f"To: {first.headers.get('to')}\r\nCall-ID: s1@x\r\nCSeq: 1 ACK\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+    h.feed(A, ack)
+    assert parsed == []  # the 503s and the ACK: no message parsed
+    assert h.take(A) == []
+    h.feed(A, invite())  # the admitted call's retransmission still reaches its transaction
+    assert [m.status for m in h.take(A)] == [100]  # type: ignore[union-attr]
+    assert len(parsed) == 1
+    assert h.core.stats["calls_shed"] == 2 and len(h.core.layer) == 1
+
+
 def test_options_probe_reports_the_answer_or_its_absence() -> None:
     from switch.effects import ProbeAnswered
 
