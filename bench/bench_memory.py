@@ -57,91 +57,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_core import BUYER, CALLER, SDP, Admit, Bypass, buyer_answer, in_dialog, invite  # noqa: E402
 from machine import Window  # noqa: E402
 
 from switch.context import CoreConfig  # noqa: E402
 from switch.core import SwitchCore  # noqa: E402
 from switch.effects import OpenMedia, RouteCall, Routed  # noqa: E402
 from switch.message import SipRequest, SipResponse, make_response, parse_message  # noqa: E402
-from switch.outside import AdmitResult  # noqa: E402
 from switch.peer import Peer  # noqa: E402
 
 TARGET_BYTES = 6 * 1024
 TARGET_PAUSE_MS = 10.0
 SETTLE_S = 33.0  # > 64*T1 (32 s): RFC 6026 Timers L and M end the INVITE transactions
-
-CALLER = Peer("udp", "192.0.2.10", 5080)
-BUYER = Peer("udp", "198.51.100.7", 5070)
-SDP = (
-    b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
-    b"m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
-)
-
-
-class Admit:
-    def admit_request(self, req: SipRequest, peer: Peer, now: float) -> AdmitResult:
-        return AdmitResult(trunk_id="t1")
-
-
-class Bypass:
-    """The media stub: slotted, so that it weighs next to nothing beside the core."""
-
-    __slots__ = ("b_offer", "dtmf_to_buyer")
-
-    def __init__(self, offer: bytes) -> None:
-        self.b_offer = offer
-        self.dtmf_to_buyer = False
-
-    def new_attempt(self) -> None:
-        return None
-
-    def b_answered(self, sdp: bytes) -> bytes:
-        return sdp
-
-    def answered(self) -> None:
-        return None
-
-    def reoffer(self, from_a: bool, sdp: bytes) -> bytes:
-        return sdp
-
-    def reanswer(self, from_a: bool, sdp: bytes) -> bytes:
-        return sdp
-
-
-def invite(i: int) -> bytes:
-    head = (
-        f"INVITE sip:18005550100@203.0.113.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 192.0.2.10:5080;branch=z9hG4bK-{i:08x}-0;rport\r\n"
-        f'From: "Caller" <sip:+13122600123@192.0.2.10:5080>;tag={i}-uac\r\n'
-        f"To: <sip:18005550100@203.0.113.1:5060>\r\n"
-        f"Call-ID: bench-{i}@192.0.2.10\r\nCSeq: 1 INVITE\r\n"
-        f"Contact: <sip:+13122600123@192.0.2.10:5080;transport=UDP>\r\n"
-        f"Max-Forwards: 70\r\nSubject: bench\r\nContent-Type: application/sdp\r\n"
-        f"Content-Length: {len(SDP)}\r\n\r\n"
-    )
-    return head.encode() + SDP
-
-
-def in_dialog(method: str, ok: SipResponse, seq: int, branch: str) -> bytes:
-    return (
-        f"{method} sip:dce@203.0.113.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 192.0.2.10:5080;branch={branch};rport\r\n"
-        f"From: {ok.headers.get('from')}\r\nTo: {ok.headers.get('to')}\r\n"
-        f"Call-ID: {ok.call_id}\r\nCSeq: {seq} {method}\r\n"
-        f"Contact: <sip:+13122600123@192.0.2.10:5080;transport=UDP>\r\n"
-        f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-
-
-def buyer_answer(req: SipRequest, status: int, reason: str, body: bytes = b"") -> bytes:
-    resp = make_response(
-        req, status, reason, to_tag=None if status == 100 else "buyer-tag",
-        headers=[("contact", "<sip:buyer@198.51.100.7:5070;transport=UDP>")]
-        + ([("content-type", "application/sdp")] if body else []),
-        body=body,
-    )
-    return resp.to_bytes()
-
 
 class Driver:
     """One core and the virtual clock; every call goes through ``receive_datagram``."""

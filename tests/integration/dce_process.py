@@ -94,6 +94,16 @@ def buyer(buyer_id: str, endpoint_uris: Sequence[str], **extra: Any) -> dict[str
     return doc
 
 
+def one_buyer(buyer_port: int, called: str) -> dict[str, Any]:
+    """The usual test exchange: one IP trunk for 127.0.0.1, one campaign owning ``called``, one
+    buyer (no profiles: it takes every call) on 127.0.0.1:``buyer_port``."""
+    return {
+        "trunks": [ip_trunk()],
+        "campaigns": [campaign("main", ["+" + called])],
+        "buyers": [buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # the switch
 

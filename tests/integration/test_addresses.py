@@ -29,11 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def config(buyer_port: int) -> dict[str, Any]:
-    return {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    return dce_process.one_buyer(buyer_port, CALLED)
 
 
 def buyer_side(workdir: Path, sw: Switch, buyer_port: int, name: str) -> str:

@@ -65,11 +65,7 @@ def test_database_outage_during_calls_loses_no_cdr(switches: object, server_url:
                                                    sipp: str, workdir: Path) -> None:
     with proxied_database(server_url) as (proxy, switch_url, direct_url):
         buyer_port = free_port()
-        config = {
-            "trunks": [dce_process.ip_trunk()],
-            "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-            "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-        }
+        config = dce_process.one_buyer(buyer_port, CALLED)
         sw = switches(config, name="outage", database_url=switch_url)  # type: ignore[operator]
         buyer = start_uas(workdir, "uas.xml", buyer_port, calls=CALLS, timeout_s=60)
         cmd, first = sipp_command("uac.xml", "uac-batch", port=free_port(),

@@ -61,11 +61,7 @@ def test_healthz_503_during_a_database_cut_then_200_and_no_cdr_lost(
 ) -> None:
     with proxied_database(server_url) as (proxy, switch_url, direct_url):
         buyer_port = free_port()
-        config = {
-            "trunks": [dce_process.ip_trunk()],
-            "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-            "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-        }
+        config = dce_process.one_buyer(buyer_port, CALLED)
         sw = switches(config, name="health", database_url=switch_url)
         status, doc = sw.health()
         assert status == 200 and doc["status"] == "ok", doc

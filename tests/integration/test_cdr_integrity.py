@@ -72,11 +72,7 @@ def buyer_port() -> int:
 
 @pytest.fixture(scope="module")
 def sw(switches: Any, buyer_port: int, sipp: str) -> Switch:
-    config = {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    config = dce_process.one_buyer(buyer_port, CALLED)
     return switches(config, name="integrity")  # type: ignore[no-any-return]
 
 

@@ -64,11 +64,7 @@ def one_call(sw: Switch, buyer_port: int, workdir: Path, name: str) -> str:
 def test_embedded_database_restart_and_kill_9(switches: object, sipp: str,
                                               workdir: Path) -> None:
     buyer_port = free_port()
-    config = {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    config = dce_process.one_buyer(buyer_port, CALLED)
     sw: Switch = switches(config, name="embedded", embedded=True, start=False)  # type: ignore[operator]
     assert sw.data_dir is not None
     sw.start(timeout=90)

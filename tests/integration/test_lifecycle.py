@@ -30,11 +30,7 @@ pytestmark = pytest.mark.integration
 
 
 def _config(buyer_port: int) -> dict[str, object]:
-    return {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    return dce_process.one_buyer(buyer_port, CALLED)
 
 
 def test_overload_503_with_retry_after(switches: object, sipp: str, workdir: Path) -> None:

@@ -40,11 +40,7 @@ def test_a_stalled_switch_sheds_new_invites_and_keeps_the_admitted_call(
     switches: object, sipp: str, workdir: Path
 ) -> None:
     buyer_port = free_port()
-    config = {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    config = dce_process.one_buyer(buyer_port, CALLED)
     sw: Switch = switches(  # type: ignore[operator]
         config, name="shed", env={"DCE_MEDIA_MODE": "bypass", "DCE_PIKE_LIMIT": "0"})
     buyer = start_uas(workdir, "uas.xml", buyer_port, timeout_s=30)

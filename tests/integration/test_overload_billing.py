@@ -58,11 +58,7 @@ def test_overload_bills_no_call_beyond_its_real_hold(
     switches: object, sipp: str, workdir: Path
 ) -> None:
     buyer_port = free_port()
-    config = {
-        "trunks": [dce_process.ip_trunk()],
-        "campaigns": [dce_process.campaign("main", ["+" + CALLED])],
-        "buyers": [dce_process.buyer("b1", [f"sip:buyer@127.0.0.1:{buyer_port}"])],
-    }
+    config = dce_process.one_buyer(buyer_port, CALLED)
     sw: Switch = switches(  # type: ignore[operator]
         config, name="ghosts", env={"DCE_MEDIA_MODE": "bypass"}
     )
