@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
-import logging
 import os
 import shutil
 import statistics
@@ -48,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipeline import Rig  # noqa: E402
+from bench_pipeline import Rig, app_loop  # noqa: E402
 from machine import Load, Window  # noqa: E402
 
 from dce.journal import Confirmed, Journal, Record, safe_start, safe_up  # noqa: E402
@@ -369,18 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync", type=float, default=0.1, help="DCE_JOURNAL_SYNC, seconds")
     p.add_argument("--parts", default="1234", help="which parts to run, e.g. 12")
     args = p.parse_args(argv)
-    from dce.logs import setup_logging
-
-    setup_logging("info")
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
-    import uvloop
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    gc.collect()
-    gc.freeze()
+    loop = app_loop()
     loop.run_until_complete(main_async(args))
     return 0
 

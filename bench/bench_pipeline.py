@@ -275,6 +275,24 @@ async def components(calls: int, rounds: int) -> dict[str, float]:
     return out
 
 
+
+def app_loop() -> asyncio.AbstractEventLoop:
+    """What `dce run` sets up before its first call: logging at info (into /dev/null here), a
+    uvloop loop, and the start-up heap frozen out of the collector's way."""
+    from dce.logs import setup_logging
+
+    setup_logging("info")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    gc.collect()
+    gc.freeze()
+    return loop
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=3000)
@@ -285,19 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also: each per-call step around the core alone, µs per call")
     args = p.parse_args(argv)
     # The log line per call goes where dce run's would, minus the terminal: /dev/null.
-    from dce.logs import setup_logging
-
-    setup_logging("info")
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
-    import uvloop
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    gc.collect()
-    gc.freeze()
+    loop = app_loop()
     if args.profile:
         prof = cProfile.Profile()
         loop.run_until_complete(one_round(args.calls, args.media, prof))
