@@ -190,6 +190,8 @@ def sipp_uac(out: Path, name: str, target: str, rate: int, calls: int, seconds: 
            "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-error_file", f"{name}_err.log",
            "-cp", str(free_port()), "-max_recv_loops", "100000", "-max_sched_loops", "100000"]
     (out / name).mkdir(exist_ok=True)
+    for stale in (out / name).glob("*_rtt.csv"):  # SIPp names it by pid: an earlier run's
+        stale.unlink()  # file in a reused --out would be read with this one's
     log = (out / name / "out").open("wb")
     return subprocess.Popen(cmd, cwd=out / name, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
