@@ -166,16 +166,23 @@ async def report(
         ReportRow(
             start=r["start"],
             key=r["key"],
-            calls=int(r["calls"]),
-            answered=int(r["answered"]),
-            billable=int(r["billable"]),
-            revenue=_micros(r["revenue"]),
-            payout=_micros(r["payout"]),
-            talk_ms=int(r["talk_ms"]),
+            **_sums(r),
         )
         for r in rows
     ]
 
+
+
+def _sums(r: asyncpg.Record) -> dict[str, int]:
+    """The money and count columns every aggregate query selects, as integers."""
+    return {
+        "calls": int(r["calls"]),
+        "answered": int(r["answered"]),
+        "billable": int(r["billable"]),
+        "revenue": _micros(r["revenue"]),
+        "payout": _micros(r["payout"]),
+        "talk_ms": int(r["talk_ms"]),
+    }
 
 # ----------------------------------------------------------------------------------------------
 # The dashboard's seed
@@ -234,12 +241,7 @@ async def recent(
                 buyer_id=r["buyer_id"],
                 campaign_id=r["campaign_id"],
                 rule=r["rule"],
-                calls=int(r["calls"]),
-                answered=int(r["answered"]),
-                billable=int(r["billable"]),
-                revenue=_micros(r["revenue"]),
-                payout=_micros(r["payout"]),
-                talk_ms=int(r["talk_ms"]),
+                **_sums(r),
             )
             for r in tallies
         ],
