@@ -113,10 +113,14 @@ class SwitchCore:
         if now - self._branches_since >= BRANCH_MEMORY_S:
             self._branches_old, self._branches = self._branches, set()
             self._branches_since = now
-        if req.to_tag is None:
+        try:
+            if req.to_tag is not None:
+                return
             branch = req.via.branch
-            if branch is not None:
-                self._branches.add(branch.encode("utf-8", "surrogateescape"))
+        except SipParseError:
+            return  # a malformed To or Via: the layer answers it 400, no retransmission to know
+        if branch is not None:
+            self._branches.add(branch.encode("utf-8", "surrogateescape"))
 
     def _shed_raw(self, data: bytes, peer: Peer) -> bool:
         """While shedding, refuse from the raw bytes, before any parsing: a refusal must cost

@@ -435,6 +435,17 @@ def test_malformed_400_names_the_fault() -> None:
     assert h.core.stats["malformed_requests"] == 2
 
 
+def test_invite_with_an_unterminated_to_is_400_and_costs_no_other_call() -> None:
+    # Found by the core fuzzer: the To is read before the transaction layer checks it.
+    h = Harness()
+    h.feed(A, invite().replace(b"To: <sip:", b"To: <sip:broken;tag=0\r\nX-Was: <sip:", 1))
+    (resp,) = h.take(A)
+    assert isinstance(resp, SipResponse) and resp.status == 400
+    assert "<" in resp.reason
+    h.feed(A, invite(call_id="a2@x", branch="z9hG4bKa2"))
+    assert [r.status for r in h.take(A) if isinstance(r, SipResponse)] == [100]
+
+
 def test_unknown_source_403_without_cdr() -> None:
     h = Harness(allow=False)
     h.feed(A, invite())
