@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any, Final, cast
 from zoneinfo import ZoneInfo, available_timezones
@@ -38,6 +37,7 @@ from store.reports import (
     GroupBy,
     Period,
     ReportTooLarge,
+    Tally,
     UnknownTimeZone,
     report,
 )
@@ -90,37 +90,18 @@ def csv_safe(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-@dataclass(slots=True)
-class _Sums:
-    calls: int = 0
-    answered: int = 0
-    billable: int = 0
-    revenue: int = 0
-    payout: int = 0
-    talk_ms: int = 0
-
-    def add(self, other: _Sums) -> None:
-        self.calls += other.calls
-        self.answered += other.answered
-        self.billable += other.billable
-        self.revenue += other.revenue
-        self.payout += other.payout
-        self.talk_ms += other.talk_ms
-
-    def metrics(self, admin: bool) -> dict[str, Any]:
-        """The ``ReportTotals`` fields; money as exact Decimals."""
-        return {
-            "calls": self.calls,
-            "answered": self.answered,
-            "billable": self.billable,
-            "revenue": to_decimal(self.revenue),
-            "payout": to_decimal(self.payout) if admin else None,
-            "margin": to_decimal(self.revenue - self.payout) if admin else None,
-            "answer_rate": round(self.answered / self.calls, 4) if self.calls else None,
-            "avg_duration_s": (
-                round(self.talk_ms / self.answered / 1000, 3) if self.answered else None
-            ),
-        }
+def _metrics(t: Tally, admin: bool) -> dict[str, Any]:
+    """The ``ReportTotals`` fields of a tally; money as exact Decimals."""
+    return {
+        "calls": t.calls,
+        "answered": t.answered,
+        "billable": t.billable,
+        "revenue": to_decimal(t.revenue),
+        "payout": to_decimal(t.payout) if admin else None,
+        "margin": to_decimal(t.revenue - t.payout) if admin else None,
+        "answer_rate": t.answer_rate,
+        "avg_duration_s": t.avg_duration_s(3),
+    }
 
 
 def _range(
@@ -181,15 +162,15 @@ async def get_report(ctx: ApiContext, request: web.Request) -> web.Response:
         except ReportTooLarge as exc:
             raise Invalid("from", f"{exc}: narrow from and to, or filter") from exc
     admin = principal.admin
-    total = _Sums()
+    total = Tally()
     out: list[ReportRow] = []
     for r in rows:
-        s = _Sums(r.calls, r.answered, r.billable, r.revenue, r.payout, r.talk_ms)
+        s = Tally(r.calls, r.answered, r.billable, r.revenue, r.payout, r.talk_ms)
         total.add(s)
-        out.append(ReportRow(start=r.start.astimezone(zone), key=r.key, **s.metrics(admin)))
+        out.append(ReportRow(start=r.start.astimezone(zone), key=r.key, **_metrics(s, admin)))
     body = Report(
         period=cast(Any, period), by=cast(Any, by), tz=tz, from_=since,
-        to=until, rows=out, totals=ReportTotals(**total.metrics(admin)),
+        to=until, rows=out, totals=ReportTotals(**_metrics(total, admin)),
     )  # fmt: skip
     if fmt == "csv":
         return _csv(body, admin)

@@ -34,9 +34,9 @@ from typing import Any, Final
 
 from exchange.money import to_decimal
 from store.cdr import Cdr
-from store.reports import RecentArrivals, RecentTally
+from store.reports import RecentArrivals, RecentTally, Tally
 
-__all__ = ["SLOTS", "SLOT_S", "TABLE_ROWS", "LiveStats", "Tally"]
+__all__ = ["SLOTS", "SLOT_S", "TABLE_ROWS", "LiveStats"]
 
 SLOT_S: Final = 10
 SLOTS: Final = 360  # one hour
@@ -47,49 +47,20 @@ CPS_SLOTS: Final = 6  # calls per second over the last minute
 Cell = tuple[str | None, str | None]  # (buyer_id, campaign_id)
 
 
-@dataclass(slots=True)
-class Tally:
-    """Ended calls: counts, money in micro-dollars, connected time of answered calls."""
-
-    calls: int = 0
-    answered: int = 0
-    billable: int = 0
-    revenue: int = 0
-    payout: int = 0
-    talk_ms: int = 0
-
-    def add(self, other: Tally, sign: int = 1) -> None:
-        if sign == 1:  # every CDR; -1 only as the ring moves past a slot
-            self.calls += other.calls
-            self.answered += other.answered
-            self.billable += other.billable
-            self.revenue += other.revenue
-            self.payout += other.payout
-            self.talk_ms += other.talk_ms
-            return
-        self.calls += sign * other.calls
-        self.answered += sign * other.answered
-        self.billable += sign * other.billable
-        self.revenue += sign * other.revenue
-        self.payout += sign * other.payout
-        self.talk_ms += sign * other.talk_ms
-
-    def view(self, operator: bool) -> dict[str, Any]:
-        """As a snapshot shows it; payout and margin only for the operator."""
-        out: dict[str, Any] = {
-            "calls": self.calls,
-            "answered": self.answered,
-            "billable": self.billable,
-            "answer_rate": round(self.answered / self.calls, 4) if self.calls else None,
-            "avg_duration_s": (
-                round(self.talk_ms / self.answered / 1000, 1) if self.answered else None
-            ),
-            "revenue": str(to_decimal(self.revenue)),
-        }
-        if operator:
-            out["payout"] = str(to_decimal(self.payout))
-            out["margin"] = str(to_decimal(self.revenue - self.payout))
-        return out
+def _view(t: Tally, operator: bool) -> dict[str, Any]:
+    """A tally as a snapshot shows it; payout and margin only for the operator."""
+    out: dict[str, Any] = {
+        "calls": t.calls,
+        "answered": t.answered,
+        "billable": t.billable,
+        "answer_rate": t.answer_rate,
+        "avg_duration_s": t.avg_duration_s(1),
+        "revenue": str(to_decimal(t.revenue)),
+    }
+    if operator:
+        out["payout"] = str(to_decimal(t.payout))
+        out["margin"] = str(to_decimal(t.revenue - t.payout))
+    return out
 
 
 @dataclass(slots=True)
@@ -301,7 +272,7 @@ class LiveStats:
             recent_calls = sum(s.arrivals for s in recent)
         else:
             recent_calls = sum(p.calls for p in points[-CPS_SLOTS:])
-        totals = total.view(operator)
+        totals = _view(total, operator)
         totals["live_calls"] = live_calls if operator else len(up)
         totals["cps"] = round(recent_calls / span, 2)
         merged = sorted(self._merged_rules(buyer_id).items(), key=lambda kv: (-kv[1], kv[0]))
@@ -342,6 +313,6 @@ def _table(
     """Rows most calls first (then id; calls without an id last), at most TABLE_ROWS."""
     order = sorted(tallies.items(), key=lambda kv: (-kv[1].calls, kv[0] is None, kv[0] or ""))
     return [
-        {"id": key, **tally.view(operator), "live": live.get(key, 0)}
+        {"id": key, **_view(tally, operator), "live": live.get(key, 0)}
         for key, tally in order[:TABLE_ROWS]
     ]

@@ -37,6 +37,7 @@ __all__ = [
     "RecentTally",
     "ReportRow",
     "ReportTooLarge",
+    "Tally",
     "UnknownTimeZone",
     "recent",
     "report",
@@ -123,6 +124,36 @@ def report_query(
     if limit is not None:
         sql += f" LIMIT {arg(limit)}"
     return sql, args
+
+
+@dataclass(slots=True)
+class Tally:
+    """Sums over ended calls, as a report row or a dashboard slot adds them up: counts, money
+    in micro-dollars, connected time of answered calls."""
+
+    calls: int = 0
+    answered: int = 0
+    billable: int = 0
+    revenue: int = 0
+    payout: int = 0
+    talk_ms: int = 0
+
+    def add(self, other: Tally, sign: int = 1) -> None:
+        """Add ``other`` in (``sign=-1`` takes it out: the dashboard's ring moving on)."""
+        self.calls += sign * other.calls
+        self.answered += sign * other.answered
+        self.billable += sign * other.billable
+        self.revenue += sign * other.revenue
+        self.payout += sign * other.payout
+        self.talk_ms += sign * other.talk_ms
+
+    @property
+    def answer_rate(self) -> float | None:
+        return round(self.answered / self.calls, 4) if self.calls else None
+
+    def avg_duration_s(self, digits: int) -> float | None:
+        """Mean connected time of the answered calls, in seconds."""
+        return round(self.talk_ms / self.answered / 1000, digits) if self.answered else None
 
 
 def _micros(value: Decimal | int) -> int:
