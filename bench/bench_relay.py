@@ -4,6 +4,7 @@ Not a test. Run from the project root:
 
     .venv/bin/python bench/bench_relay.py                 # relay and bare forwarder, default steps
     .venv/bin/python bench/bench_relay.py --steps 300,450,600 --duration 4
+    .venv/bin/python bench/bench_relay.py --media-workers 2 --only relay   # DCE_MEDIA_WORKERS
 
 What it does
 ------------
@@ -12,6 +13,13 @@ What it does
   sequence tracking, four sockets per call) or a bare forwarder (two sockets per call,
   ``datagram_received`` -> ``sendto`` to a fixed address, nothing else): the physical limit of
   a uvloop relay in Python on this machine.
+* ``--media-workers N``: the relay variant runs as the switch runs it with DCE_MEDIA_WORKERS=N
+  (``media/workers.py``): the child stands for the signalling process and starts N media
+  worker processes, pinned to cores ``--relay-core``, ``--relay-core + 1``, ... (modulo the
+  machine's cores), each with its share of the ports; calls go to the worker with the fewest.
+  The relay CPU and the "others on the core" check then cover the workers and their cores;
+  the ``gc`` column is still the child's own (the workers' collectors are not reported).
+  Measuring N workers needs N free cores besides the generator's.
 * This process is the load generator, pinned to ``--gen-core`` (default 0). For N calls it
   sends a 172-byte RTP packet (12-byte header + 160 bytes of G.711) every 20 ms each way per
   call (50 packets/s each way, 100 packets/s per call through the relay), spread evenly over
@@ -71,20 +79,28 @@ BENCH_PORTS = (40000, 59999)
 # ============================================================================ relay process
 
 
-async def _serve(kind: str) -> None:
+async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
     """Child: open N sessions on command (JSON lines on stdin), report ports on stdout."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     manager: Any = None
+    pool: Any = None
     bare: list[asyncio.BaseTransport] = []
     if kind == "relay":
         from media.ports import PortAllocator
         from media.relay import Leg
         from media.sdp import MediaEndpoint
         from media.transport import RelayManager
+        from media.workers import WorkerPool, split_ports
 
-        manager = RelayManager("127.0.0.1", PortAllocator(*BENCH_PORTS, rng=random.Random(1)))
+        if workers > 0:
+            ncpu = os.cpu_count() or 1
+            cpus = [(relay_core + i) % ncpu for i in range(workers)]
+            pool = WorkerPool("127.0.0.1", split_ports(*BENCH_PORTS, workers)[1], cpus=cpus)
+            await pool.start()
+        else:
+            manager = RelayManager("127.0.0.1", PortAllocator(*BENCH_PORTS, rng=random.Random(1)))
 
     def reply(obj: object) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -102,7 +118,8 @@ async def _serve(kind: str) -> None:
             pauses[info["generation"]].append(time.perf_counter() - started[0])
 
     gc.callbacks.append(on_gc)
-    reply({"ready": os.getpid()})
+    # The processes that relay: the workers with --media-workers, else this one.
+    reply({"ready": os.getpid(), "relays": pool.pids if pool is not None else [os.getpid()]})
     while line := await reader.readline():
         cmd = json.loads(line)
         if cmd["cmd"] == "open":
@@ -112,15 +129,19 @@ async def _serve(kind: str) -> None:
             for i in range(cmd["n"]):
                 a, b = a_dst[i % len(a_dst)], b_dst[i % len(b_dst)]
                 if kind == "relay":
-                    s = await manager.open_session(f"bench-{i}")
+                    s = await (pool if pool is not None else manager).open_session(f"bench-{i}")
                     now = loop.time()
                     s.relay.set_remote(Leg.A, MediaEndpoint(a[0], a[1], a[1] + 1, "sendrecv"), now)
                     s.relay.set_remote(Leg.B, MediaEndpoint(b[0], b[1], b[1] + 1, "sendrecv"), now)
                     s.relay.answered(now)
                     ports.append(list(s.ports))
+                    if pool is not None and i % 100 == 99:
+                        await pool.barrier()  # bounded queues: opens stay one round trip
                 else:
                     pa, pb = await _open_bare(loop, a, b, bare)
                     ports.append([pa, pb])
+            if pool is not None:
+                await pool.barrier()  # every worker knows every leg before the first packet
             for p in pauses.values():
                 p.clear()
             reply({"ports": ports})
@@ -129,7 +150,14 @@ async def _serve(kind: str) -> None:
                 gen: [len(p), 1000 * max(p, default=0.0), 1000 * sum(p)]
                 for gen, p in pauses.items()
             }
-            if manager is not None:
+            if pool is not None:
+                finals = [pool.close_final(f"bench-{i}") for i in range(len(pool))]
+                dropped = 0
+                for final in finals:
+                    stats = await final
+                    dropped += sum(d.foreign + d.malformed for d in (stats.a_to_b, stats.b_to_a))
+                reply({"closed": True, "dropped": dropped, "gc": gc_stats})
+            elif manager is not None:
                 totals = manager.totals()
                 manager.close_all()
                 reply(
@@ -142,6 +170,9 @@ async def _serve(kind: str) -> None:
                 reply({"closed": True, "dropped": 0, "gc": gc_stats})
         elif cmd["cmd"] == "quit":
             break
+    if pool is not None:
+        pool.close_all()
+        await pool.wait_closed()
 
 
 class _Bare(asyncio.DatagramProtocol):
@@ -274,8 +305,8 @@ class Generator:
         ports: list[list[int]],
         duration: float,
         warmup: float,
-        relay_pid: int,
-        relay_core: int,
+        relay_pids: list[int],
+        relay_cores: list[int],
     ) -> dict[str, Any]:
         self.drain()
         dst_a = [("127.0.0.1", p[0]) for p in ports]
@@ -299,7 +330,8 @@ class Generator:
         while True:
             now = time.perf_counter()
             if cpu0 is None and now >= t_warm:
-                cpu0, wall0, core0 = _cpu(relay_pid), time.perf_counter(), _core_busy(relay_core)
+                cpu0, wall0 = _cpu(relay_pids), time.perf_counter()
+                core0 = _core_busy(relay_cores)
                 gen0 = time.process_time()
                 del lat[:]
             if now >= t_end:
@@ -327,7 +359,7 @@ class Generator:
             wait = due - time.perf_counter()
             if wait > 0.0002:
                 self.poll.poll(wait - 0.0001)
-        cpu1, wall1, core1 = _cpu(relay_pid), time.perf_counter(), _core_busy(relay_core)
+        cpu1, wall1, core1 = _cpu(relay_pids), time.perf_counter(), _core_busy(relay_cores)
         gen_cpu = time.process_time() - gen0
         # Let the tail drain.
         stop = time.perf_counter() + 0.5
@@ -360,33 +392,45 @@ class Generator:
         }
 
 
-def _cpu(pid: int) -> float:
-    """Seconds of CPU the process (all threads) has used: /proc/PID/schedstat, ns precision."""
+def _cpu(pids: list[int]) -> float:
+    """Seconds of CPU the processes (all threads) have used: /proc/PID/schedstat, ns precision."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        total += int((task / "schedstat").read_text().split()[0])
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
 
 
-def _core_busy(core: int) -> float:
-    """Busy seconds of one core (all processes, irq, softirq), from /proc/stat."""
+def _core_busy(cores: list[int]) -> float:
+    """Busy seconds of the cores (all processes, irq, softirq), from /proc/stat."""
+    busy = 0.0
     for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            f = [int(x) for x in line.split()[1:]]
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            f = [int(x) for x in rest.split()]
             idle = f[3] + f[4]
-            return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    return 0.0
+            busy += (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return busy
 
 
 class RelayProcess:
-    def __init__(self, kind: str, core: int) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", kind]
+    def __init__(self, kind: str, core: int, workers: int = 0) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", kind,
+               "--media-workers", str(workers), "--relay-core", str(core)]  # fmt: skip
         if shutil.which("taskset"):
             cmd = ["taskset", "-c", str(core), *cmd]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
-        self.pid = int(self._read()["ready"])
+        ready = self._read()
+        self.pid = int(ready["ready"])
+        self.pids = [int(p) for p in ready["relays"]]  # the processes that relay
+        ncpu = os.cpu_count() or 1
+        self.cores = (
+            sorted({(core + i) % ncpu for i in range(workers)})
+            if kind == "relay" and workers
+            else [core]
+        )
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -425,7 +469,7 @@ def bench(
     baseline_us: float,
 ) -> dict[str, list[dict[str, Any]]]:
     """Each N runs on every variant back to back, so other load on the machine hits both alike."""
-    procs = {kind: RelayProcess(kind, args.relay_core) for kind in kinds}
+    procs = {kind: RelayProcess(kind, args.relay_core, args.media_workers) for kind in kinds}
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     failures = dict.fromkeys(kinds, 0)
     try:
@@ -460,7 +504,7 @@ def _measure(
 ) -> dict[str, Any]:
     opened = relay.call(cmd="open", n=n, a=gen.addrs(gen.a), b=gen.addrs(gen.b))
     time.sleep(0.2)
-    r = gen.run_step(n, opened["ports"], args.duration, args.warmup, relay.pid, args.relay_core)
+    r = gen.run_step(n, opened["ports"], args.duration, args.warmup, relay.pids, relay.cores)
     closed = relay.call(cmd="close")
     r["relay_dropped"] = closed["dropped"]
     r["gc"] = closed["gc"]
@@ -514,6 +558,11 @@ def main() -> None:
     parser.add_argument("--gen-core", type=int, default=0)
     parser.add_argument("--only", choices=("relay", "bare"))
     parser.add_argument(
+        "--media-workers", type=int, default=0,
+        help="relay through N media worker processes (DCE_MEDIA_WORKERS), pinned from "
+        "--relay-core on",
+    )
+    parser.add_argument(
         "--retries", type=int, default=2, help="re-runs of a step disturbed by other load"
     )
     args = parser.parse_args()
@@ -523,7 +572,7 @@ def main() -> None:
     if args.serve:
         import uvloop
 
-        uvloop.run(_serve(args.serve))
+        uvloop.run(_serve(args.serve, args.media_workers, args.relay_core))
         return
 
     os.sched_setaffinity(0, {args.gen_core})
@@ -531,7 +580,8 @@ def main() -> None:
     gen = Generator()
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(
-        f"load average before: {' '.join(load)}; relay on core {args.relay_core}, "
+        f"load average before: {' '.join(load)}; relay on core {args.relay_core}"
+        f"{f' and on, with {args.media_workers} media workers' if args.media_workers else ''}, "
         f"generator on core {args.gen_core}; {args.duration:g} s per step"
     )
     baseline = gen.baseline()

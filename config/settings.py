@@ -140,6 +140,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     probe_down_after: int = 2
     probe_up_after: int = 2
     media_timeout: float = 60.0
+    # RTP relay processes (media/workers.py), each pinned to a core with its own share of
+    # rtp_ports; 0: the relay runs in the switch process itself.
+    media_workers: int = 0
     max_calls: int = 5000
     log_level: str = "info"
     # Logs: json (one object per line) or text (for a person at a terminal); caller and called
@@ -376,6 +379,12 @@ def load_settings(
         values["media_ip"] = values.get("sip_listen", Settings().sip_listen)[0]
     if values.get("sip_advertise", 0) is None:
         del values["sip_advertise"]  # "" is unset
+    workers = values.get("media_workers", 0)
+    low, high = values.get("rtp_ports", _DEFAULTS.rtp_ports)
+    if workers and len(range(low + (low & 1), high, 2)) < 2 * workers + 1:
+        # media/workers.py split_ports: two pairs (one call) per worker, one for WebRTC.
+        raise ConfigError("media_workers", f"DCE_RTP_PORTS {low}-{high} is too small for "
+                                           f"{workers} media workers")
     if ("tls_cert" in values) != ("tls_key" in values):
         raise ConfigError("tls_cert", "DCE_TLS_CERT and DCE_TLS_KEY must be set together")
     return Settings(**values)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from switch.effects import (
     SendDtmf,
 )
 from switch.peer import Peer
-from switch.record import Outcome
+from switch.record import CallRecord, Outcome
 from switch.transport import TcpHub, UdpTransport
 from switch.websocket import WsHub
 
@@ -248,6 +248,19 @@ class SipPump:
     def _ended(self, effect: CallEnded) -> None:
         record = effect.record
         media = self.media.close(record.call_id)
+        if not isinstance(media, dict):
+            # Relayed by a media worker (DCE_MEDIA_WORKERS): the CDR waits for the final
+            # counters it sends back (one round trip).
+            self._start(self._ended_later(record, media))
+            return
+        self._write_cdr(record, media)
+
+    async def _ended_later(self, record: CallRecord, media: Awaitable[dict[str, Any]]) -> None:
+        self._write_cdr(record, await media)
+        if self.journal is not None:
+            self.journal.flush()  # as transmit() does after writing an End
+
+    def _write_cdr(self, record: CallRecord, media: dict[str, Any]) -> None:
         if self.bridge is None:  # calls are admitted only once the bridge is set
             CallLog(logger, record.call_id).error("call ended before routing was set up")
             return

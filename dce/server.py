@@ -106,6 +106,7 @@ class Switch:
             media_ip=self.addresses.media_ip,
             ports=settings.rtp_ports,
             rng=self.rng,
+            workers=settings.media_workers,
         )
         self.core = SwitchCore(
             CoreConfig(
@@ -160,6 +161,7 @@ class Switch:
         # Consent, erasure suppressions and DNC lists live in the database, shared with any
         # other instance on it; dce/sync.py loads them now and keeps them in step.
         await self._start_sync()
+        await self.media.start()  # DCE_MEDIA_WORKERS worker processes, if any
         self.media.start_watchdog(s.media_timeout, self.pump.media_timeout)
         self.admin_token = self._admin_token()
         host, port = s.sip_listen
@@ -206,6 +208,8 @@ class Switch:
             f"({s.media_mode})",
             flush=True,
         )
+        if s.media_workers and s.media_mode != "bypass":
+            print(f"RTP  relayed by {s.media_workers} media worker processes", flush=True)
         print(f"DB   {self.db_kind}", flush=True)
 
     async def stop(self) -> None:
@@ -217,6 +221,7 @@ class Switch:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.05)
         self.media.close_all()
+        await self.media.wait_closed()  # media workers: final counters back, then exit
         for server in self._servers:
             server.close()
         if self.pump.tcp is not None:

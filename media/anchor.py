@@ -21,10 +21,10 @@ from media.relay import CallMediaStats, Leg, RelayConfig
 from media.sdp import LegOrigin, SessionDescription, parse
 from media.session import PassthroughSession
 from media.transport import RelayManager, RelaySession
+from media.workers import RemoteSession, WorkerPool, split_ports
 
 if TYPE_CHECKING:
     from media.webrtc import WebRtcSession
-
 
 
 class RelayMediaSession:
@@ -32,7 +32,7 @@ class RelayMediaSession:
 
     def __init__(
         self,
-        session: RelaySession,
+        session: RelaySession | RemoteSession,
         a_offer: bytes,
         *,
         clock: Callable[[], float],
@@ -41,6 +41,7 @@ class RelayMediaSession:
         parsed: SessionDescription | None = None,
     ) -> None:
         self.session = session
+        # CallRelay in this process, or RemoteCallRelay (a media worker): the same calls.
         self.relay = session.relay
         self._clock = clock
         self._a_signal_ip = a_signal_ip
@@ -99,22 +100,37 @@ class MediaManager:
         rng: random.Random,
         config: RelayConfig | None = None,
         pool: int = 1024,
+        workers: int = 0,
     ) -> None:
         self.mode = mode
         self.media_ip = media_ip
         self.rng = rng
-        self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
-        # ``pool``: pre-bound RTP/RTCP pairs reused across calls (media/transport.py
-        # SocketPool), so opening and closing a call's media binds and closes nothing.
-        self.relay = RelayManager(
-            media_ip, self.allocator, config, pool=pool if mode != "bypass" else 0
-        )
+        self.relay: RelayManager | WorkerPool
+        if workers > 0 and mode != "bypass":
+            # DCE_MEDIA_WORKERS (media/workers.py): relayed calls in N worker processes, each
+            # on its own share of the ports; WebRTC calls stay here, on a share of their own.
+            local, shares = split_ports(ports[0], ports[1], workers)
+            self.allocator = PortAllocator(local[0], local[1], rng=rng)
+            self.relay = WorkerPool(media_ip, shares, config, pool=pool, local=self.allocator)
+            self.relay.on_lost = self._dead  # its RTP died with the worker: end the call
+        else:
+            self.allocator = PortAllocator(ports[0], ports[1], rng=rng)
+            # ``pool``: pre-bound RTP/RTCP pairs reused across calls (media/transport.py
+            # SocketPool), so opening and closing a call's media binds and closes nothing.
+            self.relay = RelayManager(
+                media_ip, self.allocator, config, pool=pool if mode != "bypass" else 0
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._webrtc: dict[str, WebRtcSession] = {}
         # Browser sessions' shutdown tasks, held until done (the loop keeps only weak refs).
         self._closing: set[asyncio.Task[None]] = set()
         self._on_dead: Callable[[str], object] = lambda call_id: None
         self._certificate: Any = None
+
+    async def start(self) -> None:
+        """Start the media workers, if any (raises MediaError when one does not start)."""
+        if isinstance(self.relay, WorkerPool):
+            await self.relay.start()
 
     async def open(
         self, call_id: str, a_offer: bytes, a_signal_ip: str, *, webrtc: bool = False
@@ -178,12 +194,23 @@ class MediaManager:
         if web is not None:
             web.send_dtmf(digit, duration_ms)
 
-    def close(self, call_id: str) -> dict[str, Any]:
-        """Close the call's media; the CDR's media fields (empty in bypass)."""
+    def close(self, call_id: str) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
+        """Close the call's media; the CDR's media fields (empty in bypass).
+
+        A call relayed by a media worker gets them in a future: its final counters come back
+        from the worker (one round trip), and the CDR waits for them.
+        """
         web = self._webrtc.pop(call_id, None)
         if web is not None:
             web.close()
             return web.stats().cdr_fields()
+        if isinstance(self.relay, WorkerPool):
+            final = self.relay.close_final(call_id)
+            if final is None:
+                return {}
+            fields: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            final.add_done_callback(lambda f: fields.set_result(f.result().cdr_fields()))
+            return fields
         stats: CallMediaStats | None = self.relay.close_session(call_id)
         return stats.cdr_fields() if stats is not None else {}
 
@@ -206,6 +233,11 @@ class MediaManager:
         self.relay.close_all()
         for call_id in list(self._webrtc):
             self.close(call_id)
+
+    async def wait_closed(self) -> None:
+        """Until the media workers, if any, have exited (after :meth:`close_all`)."""
+        if isinstance(self.relay, WorkerPool):
+            await self.relay.wait_closed()
 
     @property
     def webrtc_sessions(self) -> int:

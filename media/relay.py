@@ -293,57 +293,22 @@ class _LegState:
     disabled: bool = True  # no live audio stream (no SDP yet, port 0, no audio m= line)
 
 
-class CallRelay:
-    """The relay state of one call: four :class:`Stream` objects and the call-level rules.
+class SdpAnchor:
+    """What anchoring a call's SDP needs: the switch's two RTP ports, the relayed m= line and
+    where the peer's media is to go (``set_remote``). :class:`CallRelay` keeps the state
+    here; ``media/workers.py`` sends ``set_remote`` to the worker that does."""
 
-    Sans-IO: the asyncio edge creates one per call with the switch ports it bound, feeds
-    packets to :meth:`stream` objects and SDP events to :meth:`anchor`/:meth:`set_remote`.
-    """
+    __slots__ = ("a_port", "b_port", "index", "media_ip")
 
-    __slots__ = (
-        "_legs",
-        "_streams",
-        "a_port",
-        "answered_at",
-        "b_port",
-        "config",
-        "index",
-        "media_ip",
-        "quiet_since",
-    )
-
-    def __init__(
-        self, media_ip: str, a_port: int, b_port: int, config: RelayConfig | None = None
-    ) -> None:
+    def __init__(self, media_ip: str, a_port: int, b_port: int) -> None:
         self.media_ip = media_ip
         self.a_port = a_port  # the switch's RTP port facing A (RTCP is +1)
         self.b_port = b_port
-        self.config = config or RelayConfig()
         self.index: int | None = None  # relayed m= line
-        self.answered_at: float | None = None
-        self.quiet_since = _NEVER
-        cfg = self.config
-        a_rtp, a_rtcp = Stream(Leg.A, False, cfg), Stream(Leg.A, True, cfg)
-        b_rtp, b_rtcp = Stream(Leg.B, False, cfg), Stream(Leg.B, True, cfg)
-        a_rtp.peer, b_rtp.peer = b_rtp, a_rtp
-        a_rtcp.peer, b_rtcp.peer = b_rtcp, a_rtcp
-        self._streams = {
-            (Leg.A, False): a_rtp,
-            (Leg.A, True): a_rtcp,
-            (Leg.B, False): b_rtp,
-            (Leg.B, True): b_rtcp,
-        }
-        self._legs = {Leg.A: _LegState(), Leg.B: _LegState()}
-
-    def stream(self, leg: Leg, rtcp: bool = False) -> Stream:
-        """The stream of the socket facing ``leg`` (RTP, or RTCP with ``rtcp=True``)."""
-        return self._streams[(leg, rtcp)]
 
     def port(self, leg: Leg) -> int:
         """The switch's RTP port facing ``leg``: what the SDP sent to ``leg`` announces."""
         return self.a_port if leg is Leg.A else self.b_port
-
-    # ---------------------------------------------------------------- signalling
 
     def anchor(
         self,
@@ -365,6 +330,51 @@ class CallRelay:
         self.set_remote(from_leg, endpoint, now, signal_ip)
         ports = plan_ports(sd, self.port(from_leg.other), index)
         return rewrite(sd, self.media_ip, ports, origin)
+
+    def set_remote(
+        self,
+        leg: Leg,
+        endpoint: MediaEndpoint | None,
+        now: float,
+        signal_ip: str | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+
+class CallRelay(SdpAnchor):
+    """The relay state of one call: four :class:`Stream` objects and the call-level rules.
+
+    Sans-IO: the asyncio edge creates one per call with the switch ports it bound, feeds
+    packets to :meth:`stream` objects and SDP events to :meth:`anchor`/:meth:`set_remote`.
+    """
+
+    __slots__ = ("_legs", "_streams", "answered_at", "config", "quiet_since")
+
+    def __init__(
+        self, media_ip: str, a_port: int, b_port: int, config: RelayConfig | None = None
+    ) -> None:
+        super().__init__(media_ip, a_port, b_port)
+        self.config = config or RelayConfig()
+        self.answered_at: float | None = None
+        self.quiet_since = _NEVER
+        cfg = self.config
+        a_rtp, a_rtcp = Stream(Leg.A, False, cfg), Stream(Leg.A, True, cfg)
+        b_rtp, b_rtcp = Stream(Leg.B, False, cfg), Stream(Leg.B, True, cfg)
+        a_rtp.peer, b_rtp.peer = b_rtp, a_rtp
+        a_rtcp.peer, b_rtcp.peer = b_rtcp, a_rtcp
+        self._streams = {
+            (Leg.A, False): a_rtp,
+            (Leg.A, True): a_rtcp,
+            (Leg.B, False): b_rtp,
+            (Leg.B, True): b_rtcp,
+        }
+        self._legs = {Leg.A: _LegState(), Leg.B: _LegState()}
+
+    def stream(self, leg: Leg, rtcp: bool = False) -> Stream:
+        """The stream of the socket facing ``leg`` (RTP, or RTCP with ``rtcp=True``)."""
+        return self._streams[(leg, rtcp)]
+
+    # ---------------------------------------------------------------- signalling
 
     def set_remote(
         self,

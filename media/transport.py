@@ -21,17 +21,16 @@ holds what the recent call rate needs, and ``/metrics`` counts idle pooled pairs
 Scaling beyond one core
 -----------------------
 One relay process forwards about as many calls as one core allows (see ``bench/bench_relay.py``
-for the figures). The layout that scales is N media worker processes, each running its own
-uvloop with its own :class:`RelayManager` over a disjoint slice of DCE_RTP_PORTS (worker i
-gets pairs ``low + 2*i, low + 2*(i + N), ...`` or a contiguous sub-range), pinned one per
-core. The signalling process keeps the SDP work (``media/sdp.py`` is pure) and talks to the
-workers over a local socket with a tiny command set: ``open(call_id) -> (a_port, b_port)``,
-``set_remote(call_id, leg, endpoint, signal_ip)``, ``answered``, ``close(call_id) -> stats``,
-plus a periodic push of media-timeout call ids and totals for /metrics. The data path never
-crosses processes: RTP arrives at, and leaves from, the worker that owns the ports, so there
-is no shared state and no lock. The worker for a new call is the one with the fewest live
-calls. ``CallRelay`` and ``RelayManager`` already have exactly this command surface, so the
-worker is a loop around them; what is not built yet is that RPC layer.
+for the figures). With DCE_MEDIA_WORKERS=N the relay runs in N media worker processes
+(``media/worker.py``), each running its own uvloop with its own :class:`RelayManager` over a
+contiguous, disjoint share of DCE_RTP_PORTS, pinned one per core. The signalling process keeps
+the SDP work (``media/sdp.py`` is pure) and talks to the workers over a Unix socket with a tiny
+command set (``media/workers.py``): ``open(call_id) -> (a_port, b_port)``,
+``set_remote(call_id, leg, endpoint, signal_ip)``, ``answered``, ``reset_leg``,
+``close(call_id) -> stats``, plus a periodic push of media-timeout call ids and totals for
+/metrics. The data path never crosses processes: RTP arrives at, and leaves from, the worker
+that owns the ports, so there is no shared state and no lock. The worker for a new call is the
+one with the fewest live calls. With N=0 (the default) this module runs in the switch process.
 """
 
 from __future__ import annotations
@@ -711,6 +710,10 @@ class RelayManager:
         for session in self._sessions.values():
             t.add(session.relay.stats(), session.send_errors)
         return t
+
+    def counters(self) -> dict[str, CallMediaStats]:
+        """Every live call's counters so far (a media worker's ``Snapshot``)."""
+        return {call_id: s.relay.stats() for call_id, s in self._sessions.items()}
 
     def timed_out(self, now: float, timeout: float) -> list[str]:
         """Call ids whose media timeout is due (DCE_MEDIA_TIMEOUT); the caller ends them."""

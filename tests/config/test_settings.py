@@ -19,6 +19,12 @@ def test_defaults_follow_the_spec() -> None:
     assert s.auction_timeout == 0.1 and s.ring_timeout == 30 and s.media_timeout == 60
     assert s.max_calls == 5000 and s.media_mode == "relay" and s.data_dir == Path("./var")
     assert s.digest_algorithms == ("SHA-256", "MD5")
+    assert s.media_workers == 0  # the relay in the switch process
+
+
+def test_media_workers() -> None:
+    assert load_settings({"media_workers": 2}, {}).media_workers == 2
+    assert load_settings({}, {"DCE_MEDIA_WORKERS": "4"}).media_workers == 4
 
 
 def test_environment_wins_over_the_file() -> None:
@@ -46,9 +52,11 @@ def test_media_ip_defaults_to_the_sip_address() -> None:
         ({"DCE_MEDIA_IP": "media.example"}, "media_ip"),
         ({"DCE_TLS_CERT": "/c.pem"}, "tls_cert"),
         ({"DCE_DIGEST_ALGORITHMS": "SHA-1"}, "digest_algorithms"),
+        ({"DCE_MEDIA_WORKERS": "-1"}, "media_workers"),
+        ({"DCE_MEDIA_WORKERS": "3", "DCE_RTP_PORTS": "20000-20011"}, "media_workers"),
     ],
     ids=["listen", "port", "rtp-range", "duration", "max-calls", "media-mode", "log-level",
-         "media-ip", "tls-half", "digest"],
+         "media-ip", "tls-half", "digest", "media-workers", "workers-ports"],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -1,7 +1,8 @@
 """Anchored media through a real `dce run` (issue 6 "Tests (real peers)").
 
-One switch for the module, in its default DCE_MEDIA_MODE (relay), with DCE_MEDIA_IP on its own
-loopback address and a small DCE_RTP_PORTS range. Every peer has its own address, so "the buyer
+One switch at a time, in its default DCE_MEDIA_MODE (relay), with DCE_MEDIA_IP on its own
+loopback address and a small DCE_RTP_PORTS range; every test runs twice: the relay in the
+switch process (DCE_MEDIA_WORKERS=0), then in two media worker processes. Every peer has its own address, so "the buyer
 never sees the caller's address" is a real check:
 
 * 127.0.0.1 - the switch's SIP (DCE_SIP_LISTEN) and the SIPp peers of the 1,000-call run;
@@ -17,9 +18,11 @@ and byte counters are all exact.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import select
+import signal
 import socket
 import struct
 import time
@@ -59,10 +62,13 @@ class Env:
     bulk_port: int
     rtp_low: int
     rtp_high: int
+    workers: int  # DCE_MEDIA_WORKERS
 
 
-@pytest.fixture(scope="module")
-def env(switches: Any) -> Env:
+# The relay in the switch process (DCE_MEDIA_WORKERS=0), then in two worker processes.
+@pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "2-workers"])
+def env(switches: Any, request: pytest.FixtureRequest) -> Env:
+    workers: int = request.param
     buyer_port = free_port(BUYER_IP)
     bulk_port = free_port()
     low, high = free_port_range(RTP_PORTS)
@@ -80,13 +86,15 @@ def env(switches: Any) -> Env:
                               profiles=[{"id": "bulk", "campaign_id": "bulk", "bid": "1.00"}]),
         ],
     }
-    sw = switches(config, name="media", env={
+    sw = switches(config, name=f"media-{workers}", env={
         "DCE_MEDIA_IP": MEDIA_IP,
         "DCE_MEDIA_TIMEOUT": f"{MEDIA_TIMEOUT}s",
         "DCE_RTP_PORTS": f"{low}-{high}",
+        "DCE_MEDIA_WORKERS": str(workers),
     })
     assert f"RTP  {MEDIA_IP} ports {low}-{high} (relay)" in sw.tail(), sw.tail()
-    return Env(sw, buyer_port, bulk_port, low, high)
+    assert ("relayed by 2 media worker processes" in sw.tail()) == (workers == 2), sw.tail()
+    return Env(sw, buyer_port, bulk_port, low, high, workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,6 +632,45 @@ def test_held_call_is_exempt_from_media_timeout(env: Env, call: Call) -> None:
     cdr = wait_cdr(env.sw.dsn, call.caller.call_id)
     assert (cdr["disposition"], cdr["hangup_side"]) == ("answered", "caller"), cdr
     assert cdr["duration_ms"] >= quiet * 1000, cdr
+
+
+def media_workers(sw: Switch) -> set[int]:
+    """Pids of the switch's media worker processes (its children running media.worker)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == sw.pid and b"media.worker" in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
+def test_dead_media_worker_ends_its_calls_and_is_replaced(env: Env, call: Call) -> None:
+    if not env.workers:
+        pytest.skip("the relay runs in the switch process")
+    exchange_audio(call, 3, 3)
+    killed = media_workers(env.sw)
+    assert len(killed) == env.workers
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # The call's RTP died with its worker: it ends at once, not DCE_MEDIA_TIMEOUT later.
+    _both_get_bye(call, MEDIA_TIMEOUT)
+    _media_timeout_cdr(env, call)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (
+        env.sw.tail(200).count('"media worker 0 started') < 2
+        or env.sw.tail(200).count('"media worker 1 started') < 2
+    ):
+        time.sleep(0.1)
+    restarted = media_workers(env.sw)
+    assert len(restarted) == env.workers and not restarted & killed, env.sw.tail()
+    # Calls after it are relayed by the new workers (the module's other tests).
 
 
 # ---------------------------------------------------------------------------------------------
