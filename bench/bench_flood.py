@@ -50,8 +50,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from bench.bench_sip import (  # noqa: E402
+from bench_sip import (  # noqa: E402
     Sampler,
     core_busy_seconds,
     counts,
