@@ -64,7 +64,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -240,6 +240,43 @@ def invite_to_200_us(pcap: Path) -> list[float]:
 
 # ---------------------------------------------------------------------------------------------
 # one step
+
+
+def _media_workers(switch_pid: int) -> list[int]:
+    """The switch's media worker processes (DCE_MEDIA_WORKERS)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == switch_pid and "media.worker" in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _WithWorkers:
+    """The switch's CPU plus its media workers': all of dce's work for a call."""
+
+    def __init__(self, switch: Switch, workers: list[int]) -> None:
+        self.switch, self.workers = switch, workers
+
+    def cpu_seconds(self) -> float:
+        return self.switch.cpu_seconds() + sum(_cpu_of(pid) for pid in self.workers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.switch, name)
 
 
 def _pids_of_data_dir(data_dir: Path) -> list[int]:
@@ -451,9 +488,18 @@ def run_step(rate: int, args: argparse.Namespace, db_url: str | None, out: Path,
                         env={"DCE_LOG_LEVEL": args.log_level, "DCE_MAX_CALLS": "100000",
                              "DCE_RING_TIMEOUT": "30s",
                              # 10,000 RTP ports (two pairs per call) rather than the tests' 200
-                             "DCE_RTP_PORTS": args.rtp_ports, "DCE_MEDIA_MODE": system})
+                             "DCE_RTP_PORTS": args.rtp_ports, "DCE_MEDIA_MODE": system,
+                             "DCE_MEDIA_WORKERS": str(args.media_workers)})
             sw.start(timeout=90, taskset=SWITCH_CORE)
             target, addr = sw, sw.sip_addr
+            if args.media_workers and system == "relay":
+                # Media workers on SIPp's core (the switch keeps its own); their CPU counts
+                # in dce's CPU per call.
+                workers = _media_workers(sw.pid)
+                for pid in workers:
+                    subprocess.run(["taskset", "-pc", PEER_CORE, str(pid)], capture_output=True,
+                                   check=False)
+                target = cast(Measured, _WithWorkers(sw, workers))
             if db_url is None:
                 for pid in _pids_of_data_dir(data_dir):
                     subprocess.run(["taskset", "-pc", PEER_CORE, str(pid)], capture_output=True,
@@ -782,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pcap", dest="pcap", action="store_false",
                    help="no capture of the caller leg (p50/p99 then only from SIPp, in ms)")
     p.add_argument("--log-level", default="warning", help="DCE_LOG_LEVEL of the switch")
+    p.add_argument("--media-workers", type=int, default=0,
+                   help="DCE_MEDIA_WORKERS of the relay switch: the workers run on SIPp's core "
+                        "and their CPU counts in dce's CPU per call")
     p.add_argument("--rtp-ports", default="40000-59999", help="DCE_RTP_PORTS of the switch")
     p.add_argument("--out", type=Path, default=None, help="keep per-step files here")
     p.add_argument("--keep", action="store_true", help="keep the packet captures")
@@ -814,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'fresh database on ' + server.split('@')[-1] if server else 'embedded'}; "
           f"quiet: other <= {args.max_other:g}% of a core, steal <= {args.max_steal:g}%, "
           f"else up to {args.repeats} repeats; files in {out}", flush=True)
+    if args.media_workers and "relay" in systems:
+        print(f"dce relay: {args.media_workers} media worker processes (DCE_MEDIA_WORKERS) on "
+              f"core {PEER_CORE}; CPU/call counts the switch and its workers", flush=True)
     print(HEADER, flush=True)
     series: dict[str, list[Step]] = {s: [] for s in systems}
     climbing = set(systems)
