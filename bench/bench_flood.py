@@ -60,6 +60,7 @@ from bench_sip import (  # noqa: E402
     percentile,
     sipp_rtt,
 )
+
 from tests.integration import dce_process  # noqa: E402
 from tests.integration.db import create_database, drop_database  # noqa: E402
 from tests.integration.dce_process import Switch  # noqa: E402

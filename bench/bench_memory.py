@@ -17,8 +17,13 @@ target, bypass media), to ``--calls`` answered and ACKed calls up at once, then 
 
   - ``default``: CPython's thresholds (700, 10, 10), no freeze;
   - ``freeze``: ``gc.collect(); gc.freeze()`` after start-up, default thresholds;
-  - ``freeze-T0-T1-T2``: freeze and ``gc.set_threshold(T0, T1, T2)`` (dce/server.py applies
-    ``freeze-1000-10-500``; it applied ``freeze-5000-10-100`` before issue 13);
+  - ``freeze-T0-T1-T2``: freeze and ``gc.set_threshold(T0, T1, T2)``;
+  - ``...-youngS``: and ``gc.collect(1)`` every S virtual seconds besides (dce/server.py applies
+    ``freeze-300-5-3333-young1``; it applied ``freeze-5000-10-100``, then
+    ``freeze-1000-10-500``). With calls ending as fast as they start, deaths of old objects
+    offset births in the collector's count, so the thresholds alone let the young generations
+    grow to whatever was born since the last collection and still lives (transactions, 32 s).
+    A young collection on a clock bounds that to one period's worth;
 
 * the machine's other load during each step (bench/machine.py) and the targets beside the
   figures (issue 13: <= 6 KiB per live call, no GC pause over 10 ms with 10,000 calls up).
@@ -27,8 +32,9 @@ target, bypass media), to ``--calls`` answered and ACKed calls up at once, then 
 asyncpg, aiortc ...), so that "start-up" has the real process's heap: without a freeze a full
 collection walks it too. ``--app`` also adds, per live call, what the application holds
 beside the core (dce/bridge.py ``Decision`` with its ``CallFacts``, one auction target and
-compliance rules; dce/journal.py's per-call segment entries), built as they are built there,
-and prints it apart. The media session of a real call (media/) is not counted: the bench
+compliance rules; dce/journal.py's per-call segment entries), built as they are built there
+and dropped at the call's end as they are there (so churn reaches a steady state instead of
+growing the heap by a call's worth each), and prints it apart. The media session of a real call (media/) is not counted: the bench
 uses a bypass stub.
 
     .venv/bin/python bench/bench_memory.py
@@ -62,7 +68,7 @@ from machine import Window  # noqa: E402
 
 from switch.context import CoreConfig  # noqa: E402
 from switch.core import SwitchCore  # noqa: E402
-from switch.effects import OpenMedia, RouteCall, Routed  # noqa: E402
+from switch.effects import CallEnded, OpenMedia, RouteCall, Routed  # noqa: E402
 from switch.message import SipRequest, SipResponse, make_response, parse_message  # noqa: E402
 from switch.peer import Peer  # noqa: E402
 
@@ -80,7 +86,12 @@ class Driver:
         )
         self.now = 0.0
         self.routed: Callable[[str], None] | None = None  # the app's per-call state, --app
+        self.ended: Callable[[str], None] | None = None  # ... dropped at the call's end
         self.cpu = 0.0  # process CPU spent inside the core (feed and timers) only
+        # ``-youngS`` variants: ``gc.collect(1)`` every S virtual seconds, as dce/server.py's
+        # timer does, counted in ``cpu``; None: the thresholds alone.
+        self.young_every: float | None = None
+        self.next_young = 0.0
 
     def feed(self, data: bytes, peer: Peer) -> list[tuple[bytes, Peer]]:
         t0 = time.process_time()
@@ -101,6 +112,8 @@ class Driver:
                                              present_as="+13122600123"), now)
             elif isinstance(e, OpenMedia):
                 core.media_opened(e.call_id, Bypass(e.offer), now)  # type: ignore[arg-type]
+            elif isinstance(e, CallEnded) and self.ended is not None:
+                self.ended(e.record.call_id)
             out.extend(core.datagrams_to_send())
         return out
 
@@ -112,6 +125,9 @@ class Driver:
             core.datagrams_to_send()
             while core.next_effect() is not None:
                 pass
+        if self.young_every is not None and self.now >= self.next_young:
+            gc.collect(1)
+            self.next_young = self.now + self.young_every
         self.cpu += time.process_time() - t0
 
     def call_up(self, i: int) -> bytes:
@@ -179,6 +195,12 @@ class AppState:
         self.segment_of[call_id] = self.segment
         self.open_segment.add(call_id)
 
+    def ended(self, call_id: str) -> None:
+        """The call's end: the bridge and the journal drop what they kept for it."""
+        self.decisions.pop(call_id, None)
+        self.segment_of.pop(call_id, None)
+        self.open_segment.discard(call_id)
+
 
 def _target(cls: Any) -> Any:
     import inspect
@@ -211,6 +233,7 @@ class Pauses:
     def __init__(self) -> None:
         self.by_gen: list[list[float]] = [[], [], []]
         self.cpu: list[float] = []
+        self.collected = 0  # objects found unreachable: cyclic garbage (refcounting missed it)
         self._t0 = 0.0
         self._c0 = 0.0
 
@@ -221,18 +244,24 @@ class Pauses:
         else:
             self.by_gen[info["generation"]].append(time.perf_counter() - self._t0)
             self.cpu.append(time.thread_time() - self._c0)
+            self.collected += info["collected"]
 
 
-def apply_variant(name: str) -> None:
+def apply_variant(name: str) -> float | None:
+    """Apply a GC setting; returns the period of its young collections (``-youngS``), if any."""
     if name == "default":
-        return
+        return None
     parts = name.split("-")
+    young = None
+    if parts[-1].startswith("young"):
+        young = float(parts.pop()[len("young"):])
     if parts[0] != "freeze":
         raise SystemExit(f"unknown variant {name!r}")
     gc.collect()
     gc.freeze()
     if len(parts) == 4:
         gc.set_threshold(int(parts[1]), int(parts[2]), int(parts[3]))
+    return young
 
 
 def run_one(args: argparse.Namespace, variant: str) -> dict[str, Any]:
@@ -243,11 +272,13 @@ def run_one(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     d = Driver()
     if app is not None:
         d.routed = app.routed
+        d.ended = app.ended
     step = 1.0 / args.rate
     # Warm up: caches (header names, interned strings) that any running switch has.
     d.call_down(d.ramp(10_000_000, 1, step)[0])
     d.settle()
-    apply_variant(variant)
+    d.young_every = apply_variant(variant)
+    d.next_young = d.now
     res: dict[str, Any] = {"variant": variant, "gc_threshold": gc.get_threshold(),
                            "frozen": gc.get_freeze_count()}
 
@@ -342,6 +373,7 @@ def run_one(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     res["pause_p99_ms"] = _p99(all_p) * 1e3
     res["pause_cpu_max_ms"] = max(pauses.cpu, default=0.0) * 1e3
     res["pause_cpu_p99_ms"] = _p99(pauses.cpu) * 1e3
+    res["cyclic_per_call"] = pauses.collected / max(1, args.churn)
     res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del byes
     return res
@@ -394,6 +426,10 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     for r in results:
         print(f"  {r['variant']:<22} {r['ramp_pause_max_ms']:7.1f}/{r['ramp_pause_cpu_max_ms']:5.1f}"
               f"  collections per generation {r['ramp_collections']}  {r['ramp_load']}")
+    cyclic = ", ".join(f"{r['variant']} {r['cyclic_per_call']:.2f}" for r in results)
+    print(f"  cyclic garbage the collector freed during the churn, objects per churn call: "
+          f"{cyclic} (0: a finished call is freed by reference counting alone, so freezing "
+          f"live calls could not keep one from being collected)")
     print(f"  ramp CPU per call (set-up only, {first['variant']}): "
           f"{first['ramp_cpu_us']:.0f} us; max RSS {first['maxrss_mb']:.0f} MB; "
           f"gc-tracked objects with the calls up {first['tracked']}")
@@ -410,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn", type=int, default=20_000, help="calls set up and torn down")
     p.add_argument("--rate", type=float, default=300.0, help="calls per virtual second")
     p.add_argument("--variants", nargs="+",
-                   default=["freeze-1000-10-500", "freeze-5000-10-100", "default", "freeze",
-                            "freeze-2000-10-250"])
+                   default=["freeze-300-5-3333-young1", "freeze-300-5-3333",
+                            "freeze-1000-10-500", "freeze-5000-10-100", "default"])
     p.add_argument("--app", action="store_true", help="import the whole application first")
     p.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false")
     p.add_argument("--top", type=int, default=0, help="tracemalloc: top N lines held")

@@ -180,14 +180,20 @@ class Switch:
         # Everything allocated so far lives as long as the process: keep the collector off it.
         # With it frozen and full collections rare, total collector CPU hardly depends on the
         # young thresholds (each object is walked once per generation), but a pause grows with
-        # them: bringing 10,000 calls up in the switch core (issue 13, bench/bench_memory.py)
-        # a gen1 collection took 29 ms of CPU at (5,000, 10), 12 ms at (2,000, 10) and 4.5 ms
-        # (at most 9) at (1,000, 10), for the same CPU per call. 500 keeps full collections,
-        # which walk every live call, as rare as (5,000, 10, 100) did: 5M allocations apart.
+        # them. And the thresholds count allocations net of deallocations: with calls ending as
+        # fast as they start, the young generations grow to whatever was born since the last
+        # collection and still lives (transactions, 32 s). A gen1 collection every second
+        # (_collect_young) bounds that. With 10,000 calls up and 20,000 more set up and torn
+        # down (issue 13, bench/bench_memory.py --app --churn 20000): longest pause 3.3 ms,
+        # p99 2.7, at (300, 5) with it; 15 ms at (300, 5) and 24-50 ms at (1,000, 10) without.
+        # 3,333 keeps full collections, which walk every live call (~150 ms at 10,000), rare:
+        # 3,333 gen1 collections apart, 5M net allocations as at (5,000, 10, 100) or 55 min
+        # of the timer's, whichever comes first.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(1_000, 10, 500)
+        gc.set_threshold(300, 5, 3_333)
         gc.callbacks.append(self.gc_pauses.callback)
+        self._background.append(self.loop.create_task(self._collect_young()))
         if leftovers:
             self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
         self._background.append(self.loop.create_task(self._heartbeat()))
@@ -322,6 +328,12 @@ class Switch:
                     )
         finally:
             run.close()
+
+    async def _collect_young(self) -> None:
+        """A gen1 collection every second (see start()): bounded pauses under churn."""
+        while True:
+            await asyncio.sleep(1.0)
+            gc.collect(1)
 
     async def _heartbeat(self) -> None:
         """A Beat every second (how long an interrupted call lasted), fsync every

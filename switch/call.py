@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from switch.calllog import CallLog
@@ -92,11 +92,14 @@ class Attempt:
 
     index: int
     uri: str
-    invite: SipRequest
+    # None once answered: nothing reads it then but its CSeq (``invite_seq``), and it was a
+    # parsed message of three tracked objects kept for the life of the call (issue 13).
+    invite: SipRequest | None
     tx: str
     peer: Peer
     call_id: str
     from_tag: str
+    invite_seq: int  # the INVITE's CSeq number: our ACK for its 2xx reuses it (§13.2.2.4)
     provisional: bool = False
     responded: bool = False  # any response at all, 100 Trying included
     cancel_pending: bool = False  # CANCEL wanted before any provisional arrived (§9.1)
@@ -141,8 +144,9 @@ class Call:
     reported: bool = False  # CallEnded sent
     media: MediaSession | None = None
     byes_pending: int = 0  # our BYE transactions still running; the call is kept until 0
-    # A relayed re-INVITE's 2xx: the requesting leg's ACK goes on with this CSeq.
-    pending_ack: dict[Leg, int] = field(default_factory=dict)
+    # A relayed re-INVITE's 2xx: the requesting leg's ACK goes on with this CSeq. Made on the
+    # first such 2xx: most calls never have one, and an empty dict each is 64 B (issue 13).
+    pending_ack: dict[Leg, int] | None = None
     first_response: float | None = None  # the first buyer response relayed (not 100)
     ringing: float | None = None  # the first 18x relayed
     _log: CallLog | None = None
@@ -200,6 +204,10 @@ class Calls:
         self.attempts: dict[str, tuple[Call, Attempt]] = {}  # B INVITE client tx -> attempt
         self.byes: dict[str, Call] = {}  # our BYE client tx -> call
         self.draining = False
+        # Buyer endpoints as Peers, one object per endpoint: a Peer (a NamedTuple) is a
+        # tracked object the collector walks, and each call (and each of its transactions,
+        # for 32 s after it) kept one of its own (issue 13). Endpoints are few; bounded.
+        self._peers: dict[Peer, Peer] = {}
 
     # ------------------------------------------------------------------ start
 
@@ -419,6 +427,11 @@ class Calls:
                 index += 1
                 continue
             peer = Peer(uri.transport, uri.host, uri.port or 5060)
+            known = self._peers.get(peer)
+            if known is not None:
+                peer = known
+            elif len(self._peers) < 4096:
+                self._peers[peer] = peer
             att = self._b_invite(call, index, target, uri, peer, now)
             call.attempt = att
             call.attempts += 1
@@ -475,6 +488,7 @@ class Calls:
             peer=peer,
             call_id=call_id,
             from_tag=from_tag,
+            invite_seq=req.cseq[0],
         )
 
     def _attempt_answered(self, call: Call, att: Attempt, resp: SipResponse, now: float) -> None:
@@ -487,7 +501,7 @@ class Calls:
                 ctx.send_bytes(att.ack, att.dialog.peer or att.peer)  # 2xx retransmission
                 return
             # A late answer from a buyer we no longer want: ACK it, then hang it up.
-            att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+            att.ack = self.b_ack(att, att.invite_seq, b"", None)
             ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
             if call.attempt is not att or call.state is CallState.ENDED:
                 self.send_bye(att.dialog, att.peer, now)
@@ -497,7 +511,7 @@ class Calls:
             try:
                 body = call.media.b_answered(body)
             except ctx.config.media_error as exc:
-                att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+                att.ack = self.b_ack(att, att.invite_seq, b"", None)
                 ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
                 self.send_bye(att.dialog, att.peer, now)
                 self._bad_buyer_sdp(call, att, exc, now)
@@ -529,10 +543,10 @@ class Calls:
                 b_leg=att.dialog.snapshot(),
             )
         )
-        # Answered: no new attempt, offer or provisional needs the two INVITEs whole any
-        # more, and they were half of what a long call kept (issue 13).
+        # Answered: no new attempt, offer, provisional, final or CANCEL needs the two INVITEs
+        # any more, and they were half of what a long call kept (issue 13).
         call.a_invite = trimmed(call.a_invite)
-        att.invite = trimmed(att.invite)
+        att.invite = None
 
     def confirm(self, call: Call) -> None:
         """The caller's side of the answered call is confirmed: it counts as connected."""
@@ -578,11 +592,11 @@ class Calls:
                 att.cancel_pending = True  # §9.1: no CANCEL before a provisional response
 
     def _send_cancel(self, att: Attempt, now: float) -> None:
-        if att.cancelled:
+        inv = att.invite
+        if att.cancelled or inv is None:  # None: answered, nothing left to cancel
             return
         att.cancelled = True
         att.cancel_pending = False
-        inv = att.invite
         h = Headers()
         h.add("via", inv.headers.get("via") or "")
         h.add("max-forwards", "70")
@@ -621,7 +635,7 @@ class Calls:
             if att.ack is None:
                 # Ending before the caller's ACK: ACK the buyer's 2xx first so its dialog is
                 # confirmed, then BYE (§15).
-                att.ack = self.b_ack(att, att.invite.cseq[0], b"", None)
+                att.ack = self.b_ack(att, att.invite_seq, b"", None)
                 self.ctx.send_bytes(att.ack, att.dialog.peer or att.peer)
             self.byes[self.send_bye(att.dialog, att.peer, now)] = call
             call.byes_pending += 1
@@ -680,12 +694,12 @@ class Calls:
         """
         self.live.pop(call.call_id, None)
         self.by_a_tx.pop(call.a_tx, None)
-        call.pending_ack.clear()
+        call.pending_ack = None
         att = call.attempt
         if att is not None and not att.abandoned:
             self.attempts.pop(att.tx, None)
         if call.a_dialog is not None:
-            self.ctx.dialogs.pop((call.a_invite.call_id, call.a_tag), None)
+            self.ctx.dialogs.pop((call.a_dialog.call_id, call.a_tag), None)
         if att is not None and att.dialog is not None and att.tx not in self.attempts:
             self.ctx.dialogs.pop((att.call_id, att.from_tag), None)
 
@@ -779,19 +793,21 @@ class Calls:
         self, call: Call, att: Attempt, resp: SipResponse, *, confirmed: bool
     ) -> None:
         if att.dialog is None:
+            inv = att.invite
+            assert inv is not None  # dropped only once answered, and its dialog made by then
             route = list(reversed(resp.headers.get_list("record-route")))
             peer = att.peer
             att.dialog = Dialog(
                 call_id=att.call_id,
                 local_tag=att.from_tag,
                 remote_tag=resp.to_tag,
-                local_uri=strip_tag(att.invite.headers.get("from") or ""),
-                remote_uri=strip_tag(att.invite.headers.get("to") or ""),
-                local_seq=att.invite.cseq[0],
+                local_uri=strip_tag(inv.headers.get("from") or ""),
+                remote_uri=strip_tag(inv.headers.get("to") or ""),
+                local_seq=att.invite_seq,
                 remote_seq=None,
-                remote_target=target_from(resp, att.invite.uri),
+                remote_target=target_from(resp, inv.uri),
                 route_set=tuple(route),
-                peer=_next_hop(route, target_from(resp, att.invite.uri), peer),
+                peer=_next_hop(route, target_from(resp, inv.uri), peer),
                 contact=self.ctx.contact(peer),
             )
             self.ctx.dialogs[(att.call_id, att.from_tag)] = call
@@ -801,19 +817,21 @@ class Calls:
         att.dialog.confirmed = att.dialog.confirmed or confirmed
 
 
-# What an answered call still reads of its INVITEs: the headers a response or a CANCEL
-# copies (§8.2.6.2, §9.1), the CSeq an ACK reuses, and the dialog's Record-Route and Route.
-_KEPT: frozenset[str] = frozenset({"via", "from", "to", "call-id", "cseq", "record-route", "route"})
-
-
 def trimmed(req: SipRequest) -> SipRequest:
-    """A copy of ``req`` with only the headers in ``_KEPT``, no body and no parse caches.
+    """What an answered call still reads of the caller's INVITE: its Call-ID (the CDR, the
+    live-call list). Nothing answers it, cancels it or copies its dialog headers any more:
+    that all happens before the answer (the early dialogs are made by then). No body, no
+    other header; of the parse caches only the CSeq's (the same tuple), should one read it.
 
-    The header values are the same strings, not copies: what goes is the rest of the
-    headers, the body, and the parsed Via, From and To (a few hundred bytes each).
+    The values are the same strings, not copies. The Via, From, To, CSeq and Record-Route
+    strings, the parsed Via, From and To, and the headers dict go (issue 13).
     """
-    keep = [(k, v) for k, v in req.headers.items() if k in _KEPT]
-    return SipRequest(req.method, req.uri, Headers(keep))
+    h = Headers.__new__(Headers)
+    h._items = [("call-id", req.call_id)]
+    h._first = None
+    out = SipRequest(req.method, req.uri, h)
+    out._cseq = req.cseq
+    return out
 
 
 def relay_headers(resp: SipResponse) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from switch.dialog import Leg
 from switch.effects import Effect
@@ -58,20 +58,20 @@ class TimerKind(enum.Enum):
     CANCEL_GUARD = "cancel_guard"  # §9.1: no final response 64*T1 after our CANCEL
 
 
-class CallTimer(NamedTuple):
-    """One heap entry; ``seq`` is unique, so entries never compare past it."""
-
-    when: float
-    seq: int
-    kind: TimerKind
-    key: str  # the call id, or the attempt's client transaction for CANCEL_GUARD
-    attempt: int  # the attempt index for RING
+# One heap entry: (when, seq, kind, key, attempt). ``seq`` is unique, so entries never compare
+# past it; ``kind`` is a TimerKind's value, ``key`` the call id (or the attempt's client
+# transaction for CANCEL_GUARD), ``attempt`` the attempt index for RING and TRYING. A plain
+# tuple of a float, ints and strs, not a NamedTuple holding the enum member: the collector
+# stops tracking such a tuple at its first look, where the other stays a tracked object for
+# every young collection to walk until its timer pops, seconds later (issue 13).
+CallTimer = tuple[float, int, str, str, int]
 
 
 class Context:
     """Shared state and send helpers of one switch core."""
 
     __slots__ = (
+        "_contacts",
         "config",
         "dialogs",
         "effects",
@@ -87,6 +87,9 @@ class Context:
     def __init__(self, config: CoreConfig, rng: random.Random) -> None:
         self.config = config
         self.rng = rng
+        # Our Contact value per transport: one string shared by every dialog, not one each
+        # (two per call, issue 13).
+        self._contacts: dict[str, str] = {}
         # The core sends 100 itself, and only for admitted calls: a rejected INVITE costs one
         # datagram, not two.
         self.layer = TransactionLayer(config.timers, send_trying=False)
@@ -117,12 +120,12 @@ class Context:
             return None
         # The caller's dialog has its INVITE's Call-ID and our tag on it; every other dialog
         # of the call is toward a buyer (the live attempt's, or a late answer's).
-        is_a = tag == call.a_tag and call_id == call.a_invite.call_id
+        is_a = tag == call.a_tag and call.a_dialog is not None and call_id == call.a_dialog.call_id
         return call, Leg.A if is_a else Leg.B
 
     def arm(self, kind: TimerKind, when: float, key: str, attempt: int = 0) -> None:
         self.timer_seq += 1
-        heapq.heappush(self.timers, CallTimer(when, self.timer_seq, kind, key, attempt))
+        heapq.heappush(self.timers, (when, self.timer_seq, kind.value, key, attempt))
 
     def respond(
         self,
@@ -149,8 +152,13 @@ class Context:
         self.layer.send_bytes(data, peer)
 
     def contact(self, peer: Peer) -> str:
-        t = "" if peer.transport == "udp" else f";transport={peer.transport}"
-        return f"<sip:dce@{self.config.host}:{self.config.port}{t}>"
+        value = self._contacts.get(peer.transport)
+        if value is None:
+            t = "" if peer.transport == "udp" else f";transport={peer.transport}"
+            value = f"<sip:dce@{self.config.host}:{self.config.port}{t}>"
+            if len(self._contacts) < 16:  # the transports are few; bounded all the same
+                self._contacts[peer.transport] = value
+        return value
 
     def new_tag(self) -> str:
         return f"{self.rng.getrandbits(48):012x}"

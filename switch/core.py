@@ -283,20 +283,21 @@ class SwitchCore:
         ctx.layer.handle_timer(now)
         timers = ctx.timers
         calls = self._calls
-        while timers and timers[0].when <= now:
-            t = heapq.heappop(timers)
-            if t.kind is TimerKind.CANCEL_GUARD:
-                calls.cancel_guard(t.key)
+        while timers and timers[0][0] <= now:
+            _, _, value, key, attempt = heapq.heappop(timers)
+            kind = TimerKind(value)
+            if kind is TimerKind.CANCEL_GUARD:
+                calls.cancel_guard(key)
                 continue
-            call = calls.live.get(t.key)
+            call = calls.live.get(key)
             if call is None:
                 continue
-            if t.kind is TimerKind.ROUTE:
+            if kind is TimerKind.ROUTE:
                 calls.route_timeout(call)
-            elif t.kind is TimerKind.TRYING:
-                calls.trying_timeout(call, t.attempt, now)
+            elif kind is TimerKind.TRYING:
+                calls.trying_timeout(call, attempt, now)
             else:
-                calls.ring_timeout(call, t.attempt, now)
+                calls.ring_timeout(call, attempt, now)
         self._pump(now)
 
     def drain(self, now: float) -> None:
@@ -322,7 +323,7 @@ class SwitchCore:
         t = self._ctx.layer.get_timer()
         timers = self._ctx.timers
         if timers:
-            mine = timers[0].when
+            mine = timers[0][0]
             return mine if t is None or mine < t else t
         return t
 

@@ -147,7 +147,7 @@ class InDialog:
 
     def _relay_ack(self, call: Call, req: SipRequest, leg: Leg) -> None:
         """ACK for a relayed re-INVITE's 2xx: on to the other leg with that leg's CSeq."""
-        seq = call.pending_ack.pop(leg, None)
+        seq = call.pending_ack.pop(leg, None) if call.pending_ack else None
         other = call.dialog_of(leg.other)
         if seq is None or other is None:
             return
@@ -182,6 +182,8 @@ class InDialog:
         self.ctx.layer.send_response(relay.server_tx, out, now)
         if 200 <= resp.status < 300 and relay.method == "INVITE":
             # The requester's ACK for this 2xx goes on to the other leg with this CSeq.
+            if call.pending_ack is None:
+                call.pending_ack = {}
             call.pending_ack[relay.leg] = relay.seq
 
     def timed_out(self, relay: Relay, now: float) -> None:

@@ -21,7 +21,7 @@ Its outputs are pulled: ``next_event()`` (see ``switch/events.py``) and ``datagr
 
 Each transaction is a ``dataclass(slots=True)`` with a ``state`` from its machine's enum and one
 ``timer_<letter>_at`` deadline per RFC timer (None when not running). The heap holds one entry
-``(deadline, seq, tx)`` per transaction, not one per timer: ``tx.wake`` is the deadline of its
+``(deadline, seq, tx key)`` per transaction, not one per timer: ``tx.wake`` is the deadline of its
 live entry, never later than its earliest running timer. Arming a timer pushes only when it is
 earlier than ``wake``; cancelling one only sets its field to None. A popped entry whose
 deadline is not ``wake`` (or whose transaction is gone) is stale; a live one fires the
@@ -29,7 +29,10 @@ transaction's earliest running timer if it is due (on a tie the timer that ends 
 transaction, B D F H I J K L M, goes before a retransmission: the order the RFC machines'
 arming gives) and pushes the entry again at the next one. A call's INVITE transactions so
 push two entries each instead of three to five, and the heap stays near one entry per live
-transaction (issue 13). It is compacted if stale entries pile up anyway, and a transaction
+transaction (issue 13). An entry names its transaction by key, not the object: a tuple of a
+float, an int and a str is one the collector stops tracking, where one holding the transaction
+stays tracked for every young collection to walk until it pops, and keeps a freed transaction
+alive until then. It is compacted if stale entries pile up anyway, and a transaction
 that reaches Terminated is dropped from every index at once, so nothing leaks. Every message
 is serialised once; retransmissions resend the same bytes. Reliable transports
 (``peer.reliable``) start no Timer A, E or G and use 0 for D, I, J and K, so those
@@ -344,7 +347,7 @@ class ServerNonInviteTx:
 
 
 Transaction = ClientInviteTx | ClientNonInviteTx | ServerInviteTx | ServerNonInviteTx
-_HeapEntry = tuple[float, int, Transaction]
+_HeapEntry = tuple[float, int, str]  # (deadline, seq, transaction key)
 
 
 class TransactionLayer:
@@ -398,8 +401,9 @@ class TransactionLayer:
         heap = self._heap
         txs = self._txs
         while heap:
-            deadline, _, tx = heap[0]
-            if tx.wake != deadline or txs.get(tx.key) is not tx:
+            deadline, _, key = heap[0]
+            tx = txs.get(key)
+            if tx is None or tx.wake != deadline:
                 heapq.heappop(heap)  # stale: pushed again earlier, or its transaction is gone
                 continue
             at = _next_timer(tx)[0]
@@ -410,7 +414,7 @@ class TransactionLayer:
             if at is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (at, next(self._seq), tx))
+                heapq.heapreplace(heap, (at, next(self._seq), key))
         return None
 
     def __len__(self) -> int:
@@ -553,8 +557,9 @@ class TransactionLayer:
         txs = self._txs
         seq = self._seq
         while heap and heap[0][0] <= now:
-            deadline, _, tx = heapq.heappop(heap)
-            if tx.wake != deadline or txs.get(tx.key) is not tx:
+            deadline, _, key = heapq.heappop(heap)
+            tx = txs.get(key)
+            if tx is None or tx.wake != deadline:
                 continue  # stale
             at, inp = _next_timer(tx)
             if at is None or inp is None:
@@ -562,7 +567,7 @@ class TransactionLayer:
                 continue
             if at > now:  # cancelled or re-armed later since this entry was pushed
                 tx.wake = at
-                heapq.heappush(heap, (at, next(seq), tx))
+                heapq.heappush(heap, (at, next(seq), key))
                 continue
             tx.wake = _FIRING
             setattr(tx, _TIMER_FIELD[inp], None)
@@ -574,12 +579,12 @@ class TransactionLayer:
                 self._ist(tx, inp, now)
             else:
                 self._nist(tx, inp, now)
-            if txs.get(tx.key) is tx:
+            if txs.get(key) is tx:
                 # One push for whatever the machine armed; due ones come round in this loop.
                 at = _next_timer(tx)[0]
                 tx.wake = at
                 if at is not None:
-                    heapq.heappush(heap, (at, next(seq), tx))
+                    heapq.heappush(heap, (at, next(seq), key))
 
     # --- Matching -------------------------------------------------------------------------
 
@@ -917,7 +922,7 @@ class TransactionLayer:
             # ``wake`` is set before a compaction can run, or the new entry would look stale.
             tx.wake = deadline
             heap = self._heap
-            heapq.heappush(heap, (deadline, next(self._seq), tx))
+            heapq.heappush(heap, (deadline, next(self._seq), tx.key))
             if len(heap) > self._compact_at:
                 self._compact()
 
@@ -926,7 +931,8 @@ class TransactionLayer:
         txs = self._txs
         heap = self._heap
         heap[:] = [
-            (at, seq, tx) for at, seq, tx in heap if tx.wake == at and txs.get(tx.key) is tx
+            (at, seq, key) for at, seq, key in heap
+            if (tx := txs.get(key)) is not None and tx.wake == at
         ]
         heapq.heapify(heap)
         self._compact_at = max(1024, 2 * len(heap))

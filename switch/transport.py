@@ -126,6 +126,10 @@ class UdpTransport(asyncio.DatagramProtocol):
         # which must not mistake a flood it drops unread for a queue it cannot drain.
         self.rx_bytes = 0
         self.transport: asyncio.DatagramTransport | None = None
+        # Source address -> its Peer, one object per source: a live call keeps its caller's
+        # Peer, and each transaction one for 32 s after it; a Peer (a NamedTuple) is a tracked
+        # object the collector walks (issue 13). Sources are few; cleared when full.
+        self._peers: dict[tuple[Any, ...], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -152,8 +156,13 @@ class UdpTransport(asyncio.DatagramProtocol):
             self.dropped += 1
             self._on_ban(who)
             return
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            peer = self._peers[addr] = Peer("udp", host, addr[1])
         try:
-            self._feed(data, Peer("udp", host, addr[1]))
+            self._feed(data, peer)
         except Exception:
             logger.exception("udp datagram handling failed", extra={"peer": f"{host}:{addr[1]}"})
         self._after()

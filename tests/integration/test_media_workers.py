@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from media import workers
 from media.anchor import MediaManager, RelayMediaSession
 from media.ports import PortAllocator
 from media.relay import Leg
 from media.sdp import MediaEndpoint
-from media import workers
 from media.workers import WorkerPool, split_ports
 from tests.ports import free_port_range
 
