@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import platform
 import random
@@ -35,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compliance.numbers import info
+from dce import collector
 from exchange.auction import run_auction
 from exchange.engine import Exchange
 from exchange.models import (
@@ -151,7 +151,7 @@ async def run_case(name: str, cfg: ExchangeConfig, rng: random.Random, calls: in
     case = Case()
     warmup = min(2000, calls // 5)
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
-    gc.collect()
+    collector.settle()  # as dce run does: the config is frozen, its thresholds
     for i in range(calls + warmup):
         facts = CallFacts(
             call_id=f"{name}-{i}",

@@ -16,7 +16,6 @@ Measures, with N DNC numbers loaded and 1,000 consent records:
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import random
 import subprocess
@@ -33,6 +32,7 @@ from compliance.check import CallFacts, Gate
 from compliance.consent import ConsentRecord, ConsentStore
 from compliance.dnc import DncStore
 from compliance.policy import CompliancePolicy
+from dce import collector
 
 NOW = datetime(2026, 5, 1, 17, 0, tzinfo=UTC)  # 13:00 in New York, 10:00 in Seattle
 
@@ -182,8 +182,7 @@ def main() -> None:
         policy = CompliancePolicy(
             dnc_lists=["federal", "internal", "litigator"], consent_required=True
         )
-        gc.collect()
-        gc.freeze()  # the loaded data is permanent; keep it out of every collection
+        collector.settle()  # as dce run does: the loaded data is frozen, its thresholds
 
         def facts(caller: Callable[[int], str], n: int) -> list[CallFacts]:
             return [

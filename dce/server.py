@@ -31,7 +31,7 @@ from compliance.erasure import Suppression
 from compliance.fraud import FraudScorer
 from compliance.stir import TrustStore
 from config.settings import Settings
-from dce import __version__
+from dce import __version__, collector
 from dce.addresses import advertised
 from dce.admit import TrunkAdmitter, guard_config
 from dce.aggregates import LiveStats
@@ -177,23 +177,9 @@ class Switch:
         # The transports are up but nothing was read yet: end what an earlier process left.
         leftovers = self._recover()
         await self._start_http()
-        # Everything allocated so far lives as long as the process: keep the collector off it.
-        # With it frozen and full collections rare, total collector CPU hardly depends on the
-        # young thresholds (each object is walked once per generation), but a pause grows with
-        # them. And the thresholds count allocations net of deallocations: with calls ending as
-        # fast as they start, the young generations grow to whatever was born since the last
-        # collection and still lives (transactions, 32 s). A gen1 collection every second
-        # (_collect_young) bounds that. With 10,000 calls up and 20,000 more set up and torn
-        # down (issue 13, bench/bench_memory.py --app --churn 20000): longest pause 3.3 ms,
-        # p99 2.7, at (300, 5) with it; 15 ms at (300, 5) and 24-50 ms at (1,000, 10) without.
-        # 3,333 keeps full collections, which walk every live call (~150 ms at 10,000), rare:
-        # 3,333 gen1 collections apart, 5M net allocations as at (5,000, 10, 100) or 55 min
-        # of the timer's, whichever comes first.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(300, 5, 3_333)
+        collector.settle()  # freeze the start-up heap; thresholds (dce/collector.py)
         gc.callbacks.append(self.gc_pauses.callback)
-        self._background.append(self.loop.create_task(self._collect_young()))
+        self._background.append(self.loop.create_task(collector.collect_young()))
         if leftovers:
             self._background.append(self.loop.create_task(self._forget_recovered(leftovers)))
         self._background.append(self.loop.create_task(self._heartbeat()))
@@ -328,12 +314,6 @@ class Switch:
                     )
         finally:
             run.close()
-
-    async def _collect_young(self) -> None:
-        """A gen1 collection every second (see start()): bounded pauses under churn."""
-        while True:
-            await asyncio.sleep(1.0)
-            gc.collect(1)
 
     async def _heartbeat(self) -> None:
         """A Beat every second (how long an interrupted call lasted), fsync every
