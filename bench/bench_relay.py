@@ -12,7 +12,10 @@ What it does
   on uvloop: either the real thing (``media.transport.RelayManager``: latching, counters,
   sequence tracking, four sockets per call) or a bare forwarder (two sockets per call,
   ``datagram_received`` -> ``sendto`` to a fixed address, nothing else): the physical limit of
-  a uvloop relay in Python on this machine.
+  a uvloop relay in Python on this machine. The relay runs as the switch runs it: a socket
+  pool of 1,024 pairs, the media-timeout watchdog (60 s, swept every second) and, once set
+  up, dce run's collector settings (``dce/collector.py``: freeze, thresholds, a gen1
+  collection every second).
 * ``--media-workers N``: the relay variant runs as the switch runs it with DCE_MEDIA_WORKERS=N
   (``media/workers.py``): the child stands for the signalling process and starts N media
   worker processes, pinned to cores ``--relay-core``, ``--relay-core + 1``, ... (modulo the
@@ -28,12 +31,18 @@ What it does
   the receive time is the kernel's (``SO_TIMESTAMPNS``), so a busy generator does not inflate
   it. "Added latency" is that transit minus the median of a direct generator-to-generator
   loopback hop measured first (what a relay adds over not relaying).
+* Tail: besides p99, each step prints p99.9 and the worst transit, how long the relay waited
+  for its core while runnable (``/proc/PID/schedstat``: another task had it), the machine's
+  other load (bench/machine.py), and the worst episodes of packets over 1 ms with any
+  collection of the relay's that began inside them: a pause of the relay for P ms shows as an
+  episode whose worst transit is about P. Episodes a second apart point at periodic work.
 * A step "keeps up" when nothing is lost and the median added latency is under 1 ms (a relay
   short of CPU queues in socket buffers for seconds before it drops, so zero loss alone
   overstates capacity). CPU is the relay process's own time from ``/proc/PID/schedstat``.
 
 The printout ends with the highest N that kept up for each variant and their ratio. The
-machine is shared: a step during which the relay's core was busy with other work (``/proc/stat``
+machine is shared: each step first waits (``--quiet-wait`` s at most) for a quiet machine, and
+a step during which the relay's core was busy with other work (``/proc/stat``
 shows 10 % more busy time, steal included, than the relay used) or the generator fell behind
 its schedule is "disturbed": re-run up to ``--retries`` times, and never counted as a pass or a
 fail. Variants alternate at each N so that background load hits both alike.
@@ -63,6 +72,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import machine  # noqa: E402
 
 PACKET_LEN = 172
 PTIME = 0.020
@@ -94,13 +106,29 @@ async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
         from media.transport import RelayManager
         from media.workers import WorkerPool, split_ports
 
+        # As the switch runs it (media/anchor.py MediaManager, dce/server.py): a socket pool of
+        # 1,024 pairs, the media-timeout watchdog (DCE_MEDIA_TIMEOUT 60 s, swept every second;
+        # the workers' ticks do the same), and below, the switch's collector settings.
         if workers > 0:
             ncpu = os.cpu_count() or 1
             cpus = [(relay_core + i) % ncpu for i in range(workers)]
-            pool = WorkerPool("127.0.0.1", split_ports(*BENCH_PORTS, workers)[1], cpus=cpus)
+            pool = WorkerPool(
+                "127.0.0.1", split_ports(*BENCH_PORTS, workers)[1], cpus=cpus, pool=1024
+            )
             await pool.start()
+            pool.start_watchdog(60.0, lambda call_id: None)
         else:
-            manager = RelayManager("127.0.0.1", PortAllocator(*BENCH_PORTS, rng=random.Random(1)))
+            manager = RelayManager(
+                "127.0.0.1", PortAllocator(*BENCH_PORTS, rng=random.Random(1)), pool=1024
+            )
+            manager.start_watchdog(60.0, lambda call_id: None)
+    # As dce run, once started (dce/collector.py): nothing allocated so far is walked again,
+    # and collections of the young generations are kept short.
+    from dce import collector
+
+    collector.settle()
+    # The workers run their own (media/worker.py); the in-process relay has dce run's timer.
+    background = [loop.create_task(collector.collect_young())] if pool is None else []
 
     def reply(obj: object) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -109,13 +137,16 @@ async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
     # Garbage-collector pauses in the relay, per generation, since the last "open": a pause
     # holds every packet queued behind it, so it shows in the p99 of added latency.
     pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-    started = [0.0]
+    events: list[tuple[int, int, float]] = []  # (generation, start ns since the epoch, ms)
+    started = [0, 0]  # perf_counter_ns, time_ns
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[0], started[1] = time.perf_counter_ns(), time.time_ns()
         else:
-            pauses[info["generation"]].append(time.perf_counter() - started[0])
+            pause = (time.perf_counter_ns() - started[0]) / 1e9
+            pauses[info["generation"]].append(pause)
+            events.append((info["generation"], started[1], pause * 1000))
 
     gc.callbacks.append(on_gc)
     # The processes that relay: the workers with --media-workers, else this one.
@@ -144,12 +175,14 @@ async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
                 await pool.barrier()  # every worker knows every leg before the first packet
             for p in pauses.values():
                 p.clear()
+            events.clear()
             reply({"ports": ports})
         elif cmd["cmd"] == "close":
-            gc_stats = {
+            gc_stats: dict[Any, Any] = {
                 gen: [len(p), 1000 * max(p, default=0.0), 1000 * sum(p)]
                 for gen, p in pauses.items()
             }
+            gc_stats["events"] = sorted(events, key=lambda e: -e[2])[:20]
             if pool is not None:
                 finals = [pool.close_final(f"bench-{i}") for i in range(len(pool))]
                 dropped = 0
@@ -159,7 +192,8 @@ async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
                 reply({"closed": True, "dropped": dropped, "gc": gc_stats})
             elif manager is not None:
                 totals = manager.totals()
-                manager.close_all()
+                for i in range(len(manager)):
+                    manager.close_session(f"bench-{i}")  # the pairs go back to the pool
                 reply(
                     {"closed": True, "dropped": totals.foreign + totals.malformed, "gc": gc_stats}
                 )
@@ -170,9 +204,14 @@ async def _serve(kind: str, workers: int = 0, relay_core: int = 1) -> None:
                 reply({"closed": True, "dropped": 0, "gc": gc_stats})
         elif cmd["cmd"] == "quit":
             break
+    for task in background:
+        task.cancel()
     if pool is not None:
         pool.close_all()
         await pool.wait_closed()
+    if manager is not None:
+        manager.close_all()
+        await manager.wait_closed()
 
 
 class _Bare(asyncio.DatagramProtocol):
@@ -278,7 +317,10 @@ class Generator:
         lat.extend(self._recv_all(None))
         return statistics.median(lat) / 1000 if lat else 0.0
 
-    def _recv_all(self, counts: list[int] | None) -> list[int]:
+    def _recv_all(
+        self, counts: list[int] | None, rx_at: array.array[int] | None = None
+    ) -> list[int]:
+        """Transit times (ns) of what is queued; ``rx_at`` gets their kernel receive times."""
         out = []
         for s in self.a + self.b:
             while True:
@@ -294,7 +336,10 @@ class Generator:
                     if typ == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
                         sec, nsec = TS.unpack_from(data)
                         rx = sec * 1_000_000_000 + nsec
-                out.append(rx - sent[2] if rx else time.time_ns() - sent[2])
+                rx = rx or time.time_ns()
+                out.append(rx - sent[2])
+                if rx_at is not None:
+                    rx_at.append(rx)
                 if counts is not None:
                     counts[sent[1]] += 1
         return out
@@ -318,6 +363,7 @@ class Generator:
         counts = [0, 0]  # received: [A->B (dir 0), B->A (dir 1)]
         sent = 0
         lat = array.array("q")
+        rx_at = array.array("q")
         interval = PTIME / n
         t0 = time.perf_counter() + 0.05
         t_warm = t0 + warmup
@@ -330,10 +376,12 @@ class Generator:
         while True:
             now = time.perf_counter()
             if cpu0 is None and now >= t_warm:
-                cpu0, wall0 = _cpu(relay_pids), time.perf_counter()
+                cpu0, wait0, preempt0 = _sched(relay_pids)
+                wall0, epoch0 = time.perf_counter(), time.time_ns()
                 core0 = _core_busy(relay_cores)
                 gen0 = time.process_time()
                 del lat[:]
+                del rx_at[:]
             if now >= t_end:
                 break
             due = t0 + j * interval
@@ -353,13 +401,14 @@ class Generator:
                     late_max = late
                 j += 1
                 due = t0 + j * interval
-            got = self._recv_all(counts)
+            got = self._recv_all(counts, rx_at if cpu0 is not None else None)
             if cpu0 is not None:
                 lat.extend(got)
             wait = due - time.perf_counter()
             if wait > 0.0002:
                 self.poll.poll(wait - 0.0001)
-        cpu1, wall1, core1 = _cpu(relay_pids), time.perf_counter(), _core_busy(relay_cores)
+        (cpu1, wait1, preempt1), wall1 = _sched(relay_pids), time.perf_counter()
+        core1 = _core_busy(relay_cores)
         gen_cpu = time.process_time() - gen0
         # Let the tail drain.
         stop = time.perf_counter() + 0.5
@@ -374,6 +423,7 @@ class Generator:
         lat_us = sorted(x / 1000 for x in lat)
         p50 = lat_us[len(lat_us) // 2] if lat_us else float("nan")
         p99 = lat_us[int(len(lat_us) * 0.99)] if lat_us else float("nan")
+        p999 = lat_us[int(len(lat_us) * 0.999)] if lat_us else float("nan")
         pps = n * 2 / PTIME
         return {
             "n": n,
@@ -382,6 +432,13 @@ class Generator:
             "pps": pps,
             "p50_us": p50,
             "p99_us": p99,
+            "p999_us": p999,
+            "max_us": lat_us[-1] if lat_us else float("nan"),
+            "stalls": _stalls(lat, rx_at),
+            "epoch0": epoch0,
+            # Time the relay was runnable but another task had its core (its packets waited).
+            "relay_wait_ms": (wait1 - wait0) / wall * 1000,
+            "relay_preempted": preempt1 - preempt0,
             "relay_cpu": relay_cpu,
             "core_busy": core_busy,
             "cpu_per_kpps": relay_cpu / (pps / 1000) * 100,  # % of a core per 1,000 pps
@@ -392,13 +449,46 @@ class Generator:
         }
 
 
+def _stalls(
+    lat: array.array[int], rx_at: array.array[int], over_ns: int = 1_000_000
+) -> list[tuple[int, int, int]]:
+    """Episodes of packets that took over ``over_ns`` through the relay, worst first:
+    (receive time of the first, ns since the epoch; packets; worst transit ns). A pause of the
+    relay for P ms shows as one episode whose worst transit is about P."""
+    order = sorted(range(len(rx_at)), key=rx_at.__getitem__)
+    episodes: list[list[int]] = []
+    last = -(1 << 62)
+    for k in order:
+        if lat[k] <= over_ns:
+            continue
+        if rx_at[k] - last > 5_000_000 or not episodes:  # 5 ms apart: another episode
+            episodes.append([rx_at[k], 0, 0])
+        e = episodes[-1]
+        e[1] += 1
+        e[2] = max(e[2], lat[k])
+        last = rx_at[k]
+    return sorted(((a, b, c) for a, b, c in episodes), key=lambda e: -e[2])
+
+
 def _cpu(pids: list[int]) -> float:
     """Seconds of CPU the processes (all threads) have used: /proc/PID/schedstat, ns precision."""
-    total = 0
+    return _sched(pids)[0]
+
+
+def _sched(pids: list[int]) -> tuple[float, float, int]:
+    """The processes' (all threads) CPU seconds, seconds runnable but waiting for a CPU (another
+    task had it: the relay's packets wait too), and involuntary context switches."""
+    cpu = wait = 0
+    switches = 0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
+            fields = (task / "schedstat").read_text().split()
+            cpu += int(fields[0])
+            wait += int(fields[1])
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    switches += int(line.split()[1])
+    return cpu / 1e9, wait / 1e9, switches
 
 
 def _core_busy(cores: list[int]) -> float:
@@ -502,9 +592,13 @@ def _measure(
     args: argparse.Namespace,
     baseline_us: float,
 ) -> dict[str, Any]:
+    if args.quiet_wait > 0:  # bench/machine.py: other helpers' tests come and go
+        machine.wait_quiet(timeout=args.quiet_wait, extra=lambda: relay.pids)
     opened = relay.call(cmd="open", n=n, a=gen.addrs(gen.a), b=gen.addrs(gen.b))
     time.sleep(0.2)
+    window = machine.Window(extra=lambda: relay.pids)
     r = gen.run_step(n, opened["ports"], args.duration, args.warmup, relay.pids, relay.cores)
+    r["load"] = window.stop()
     closed = relay.call(cmd="close")
     r["relay_dropped"] = closed["dropped"]
     r["gc"] = closed["gc"]
@@ -513,7 +607,10 @@ def _measure(
     # or the generator itself fell behind its schedule: the step says nothing about the relay.
     r["others_on_core"] = r["core_busy"] - r["relay_cpu"] > 0.10
     # (The generator's own CPU is shown but not judged: it busy-polls between sends.)
-    r["disturbed"] = r["others_on_core"] or r["gen_late_mean_ms"] > 1.0
+    # The relay runnable but off its core for over 2 % of the step: a burst of another task
+    # there holds the packets as long, though it may be too short to pass the 10 % above.
+    r["relay_waited"] = r["relay_wait_ms"] > 20.0
+    r["disturbed"] = r["others_on_core"] or r["relay_waited"] or r["gen_late_mean_ms"] > 1.0
     return r
 
 
@@ -525,22 +622,51 @@ def _print_row(kind: str, r: dict[str, Any], baseline_us: float) -> None:
         flags.append("DISTURBED (not counted)")
     if r["others_on_core"]:
         flags.append(f"core busy {r['core_busy']:.0%} vs relay {r['relay_cpu']:.0%}")
+    if r["relay_waited"]:
+        flags.append(f"relay waited for its core {r['relay_wait_ms']:.0f} ms/s")
     if r["gen_late_mean_ms"] > 1.0:
         flags.append(
             f"generator late {r['gen_late_mean_ms']:.1f} ms, {r['gen_cpu']:.0%} of its core"
         )
+    load: machine.Load = r["load"]
+    top = ", ".join(f"{name} {pct:.0f}%" for name, pct in load.top[:3])
     print(
         f"{kind:5} N={r['n']:4d} {r['pps']:8.0f} pps  lost {r['lost']:6d}  "
         f"added p50 {r['p50_us'] - baseline_us:8.1f} us  p99 {r['p99_us'] - baseline_us:9.1f} us  "
         f"cpu {r['relay_cpu']:5.1%}  {r['cpu_per_kpps']:.2f}%core/kpps "
-        f"({r['us_per_packet']:.1f} us/pkt)  gc {_gc_text(r['gc'])}  {'  '.join(flags)}",
+        f"({r['us_per_packet']:.1f} us/pkt)  gc {_gc_text(r['gc'])}  {'  '.join(flags)}\n"
+        f"      p99.9 {r['p999_us'] - baseline_us:.0f} us, max {r['max_us'] - baseline_us:.0f} us; "
+        f"relay waited for its core {r['relay_wait_ms']:.1f} ms/s "
+        f"({r['relay_preempted']} preemptions); meanwhile {load.brief()}"
+        f"{f' ({top})' if top else ''}\n      {_stall_text(r)}",
         flush=True,
     )
 
 
-def _gc_text(stats: dict[str, list[float]]) -> str:
+def _stall_text(r: dict[str, Any]) -> str:
+    """The worst episodes of over 1 ms through the relay, and the collections inside them."""
+    stalls = r["stalls"]
+    if not stalls:
+        return "no packet took over 1 ms"
+    events = r["gc"].get("events", [])
+    parts = []
+    for start, count, worst in stalls[:4]:
+        # A pause that delayed this episode began up to ``worst`` before its first packet.
+        gcs = [
+            f"g{gen} {ms:.1f}ms"
+            for gen, at, ms in events
+            if start - worst - 1_000_000 <= at <= start + 1_000_000
+        ]
+        parts.append(
+            f"{worst / 1e6:.1f}ms x{count} at +{(start - r['epoch0']) / 1e9:.3f}s"
+            + (f" [{', '.join(gcs)}]" if gcs else "")
+        )
+    return f"{len(stalls)} episodes over 1 ms, worst: " + "; ".join(parts)
+
+
+def _gc_text(stats: dict[str, Any]) -> str:
     """Collections per generation during the step: count, longest pause (ms)."""
-    return " ".join(f"g{gen}:{int(n)}/{worst:.1f}ms" for gen, (n, worst, _total) in stats.items())
+    return " ".join(f"g{gen}:{int(stats[gen][0])}/{stats[gen][1]:.1f}ms" for gen in "012")
 
 
 def _best(results: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -565,6 +691,10 @@ def main() -> None:
     parser.add_argument(
         "--retries", type=int, default=2, help="re-runs of a step disturbed by other load"
     )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=30.0,
+        help="wait up to this many seconds for a quiet machine before each step (0: never)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

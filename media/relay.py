@@ -348,7 +348,7 @@ class CallRelay(SdpAnchor):
     packets to :meth:`stream` objects and SDP events to :meth:`anchor`/:meth:`set_remote`.
     """
 
-    __slots__ = ("_legs", "_streams", "answered_at", "config", "quiet_since")
+    __slots__ = ("_a", "_b", "_legs", "_streams", "answered_at", "config", "quiet_since")
 
     def __init__(
         self, media_ip: str, a_port: int, b_port: int, config: RelayConfig | None = None
@@ -369,6 +369,9 @@ class CallRelay(SdpAnchor):
             (Leg.B, True): b_rtcp,
         }
         self._legs = {Leg.A: _LegState(), Leg.B: _LegState()}
+        # Direct references for the periodic scans over every call (timeout, totals): they
+        # run in the relay's loop, so each lookup saved is latency off the packets behind them.
+        self._a, self._b = self._legs[Leg.A], self._legs[Leg.B]
 
     def stream(self, leg: Leg, rtcp: bool = False) -> Stream:
         """The stream of the socket facing ``leg`` (RTP, or RTCP with ``rtcp=True``)."""
@@ -413,7 +416,11 @@ class CallRelay(SdpAnchor):
 
     def reset_leg(self, leg: Leg) -> None:
         """Forget everything learnt about ``leg`` (a new B attempt after failover)."""
-        self._legs[leg] = _LegState()
+        state = self._legs[leg] = _LegState()
+        if leg is Leg.A:
+            self._a = state
+        else:
+            self._b = state
         for rtcp in (False, True):
             self._streams[(leg, rtcp)].disable()
 
@@ -429,14 +436,15 @@ class CallRelay(SdpAnchor):
     @property
     def held(self) -> bool:
         """No media is expected on some leg: hold, inactive, or no live audio stream."""
-        return any(s.held or s.disabled for s in self._legs.values())
+        a, b = self._a, self._b
+        return a.held or a.disabled or b.held or b.disabled
 
     def timeout_at(self, timeout: float) -> float | None:
         """When :meth:`media_timeout_due` turns true if nothing arrives; None if exempt."""
         if self.answered_at is None or self.held:
             return None
-        a = self._streams[(Leg.A, False)].last_at
-        b = self._streams[(Leg.B, False)].last_at
+        a_rtp, _, b_rtp, _ = self._streams.values()  # insertion order: A RTP, A RTCP, B ...
+        a, b = a_rtp.last_at, b_rtp.last_at
         last = max(a, b) if self.config.timeout_requires_both else min(a, b)
         return max(last, self.quiet_since) + timeout
 
@@ -453,6 +461,27 @@ class CallRelay(SdpAnchor):
             a_to_b=_direction(s[(Leg.A, False)], s[(Leg.A, True)]),
             b_to_a=_direction(s[(Leg.B, False)], s[(Leg.B, True)]),
         )
+
+    def tally(self, into: list[int]) -> None:
+        """Add this call's counters, both ways, to ``into``: [packets, bytes, malformed,
+        foreign, unroutable, lost]. What :meth:`stats` gives, summed, without building it:
+        /metrics totals read every live call once a second."""
+        for st in self._streams.values():
+            into[0] += st.packets
+            into[1] += st.octets
+            into[2] += st.malformed
+            into[3] += st.foreign
+            into[4] += st.unroutable
+            if not st.rtcp:
+                into[5] += st.seq.lost
+
+    def release(self) -> None:
+        """The call's sockets are gone: cut the streams' links to each other, the only cycle
+        in a call's relay state, so that it is freed by reference counting when the call ends
+        rather than by a garbage collection, which stops every other call's packets.
+        Counters and :meth:`stats` are unaffected; nothing is forwarded any more."""
+        for stream in self._streams.values():
+            stream.peer = None
 
     def streams(self) -> list[Stream]:
         return list(self._streams.values())

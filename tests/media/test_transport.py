@@ -7,6 +7,7 @@ through a RelaySession and must arrive byte for byte.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 import struct
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from media import transport
 from media.errors import PortsExhausted
 from media.ports import PortAllocator
 from media.relay import Leg
@@ -341,6 +343,61 @@ async def test_media_timeout_sweep_and_watchdog() -> None:
         mgr.close_all()
 
 
+async def test_scan_in_slices_counts_calls_that_end_during_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One call per slice, so calls can end while the pass is under way.
+    monkeypatch.setattr(transport, "SCAN_SLICE", 1)
+    mgr = manager()
+    calls = [await call(mgr, f"c{i}") for i in range(3)]
+    try:
+        for i, c in enumerate(calls):
+            for seq in range(i + 1):  # 1, 2 and 3 packets
+                c.a.send(rtp(seq), c.a_port)
+                await c.b.recv()
+        results: list[transport.ScanResult] = []
+        quiet = asyncio.get_running_loop().time() + 61.0
+        mgr.scan(results.append, timeout=60.0, counters=True)
+        assert results == []  # the first slice only: the rest come in later loop turns
+        mgr.close_session("c0")  # already counted by the first slice
+        mgr.close_session("c2")  # not reached yet: counted as it ends
+        while not results:
+            await asyncio.sleep(0)
+        (result,) = results
+        assert result.totals.packets == 6 and result.totals.bytes == 6 * 172
+        assert result.totals.sessions_active == 1
+        assert result.counters is not None and sorted(result.counters) == ["c0", "c1", "c2"]
+        assert result.counters["c2"].a_to_b.packets == 3
+        assert result.timed_out == []  # the media timeout is far off
+        assert mgr.totals().packets == 6  # the same figure the plain totals give
+        assert mgr.timed_out(quiet, 60.0) == ["c1"]
+    finally:
+        for c in calls:
+            c.close()
+        mgr.close_all()
+
+
+@POOLED
+async def test_an_ended_call_is_freed_without_the_garbage_collector(pooled: bool) -> None:
+    # A collection stops every call's packets: what a call leaves must go by refcounting.
+    mgr = manager(pool=8, min_idle=0.0) if pooled else manager()
+    c = await call(mgr, "short")
+    c.a.send(rtp(1), c.a_port)
+    await c.b.recv()
+    gc.collect()
+    gc.disable()
+    try:
+        mgr.close_session("short")
+        await mgr.wait_closed()
+        c.close()
+        del c
+        await asyncio.sleep(0.05)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+        mgr.close_all()
+
+
 async def test_duplicate_call_id_is_our_bug() -> None:
     from media.errors import InvalidStateError
 
@@ -412,7 +469,7 @@ async def test_pooled_sockets_never_carry_the_previous_calls_late_packets() -> N
         # New calls take pairs until the old ones are handed out again (nothing yields
         # meanwhile, so the late packets are still waiting in the sockets).
         loop = asyncio.get_running_loop()
-        sessions = []
+        sessions: list[RelaySession] = []
         handed: set[int] = set()
         while not {old.a_port, old.b_port} <= handed:
             s = await mgr.open_session(f"new-{len(sessions)}")
@@ -451,7 +508,7 @@ async def test_pair_given_back_idles_before_reuse_unless_ports_run_out() -> None
     second = await mgr.open_session("second")
     assert not set(first.ports) & set(second.ports)  # the just-released pairs wait
     # Every other pair taken: a pair that idled too briefly beats refusing the call.
-    others = []
+    others: list[RelaySession] = []
     while mgr.allocator.free:
         others.append(await mgr.open_session(f"o{len(others)}"))
         await asyncio.sleep(0)  # let the pool's refill run too
