@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_sip import counts, last_stats, percentile, sipp_rtt  # noqa: E402
+from machine import proc_cpu  # noqa: E402
 
 from tests.integration import dce_process  # noqa: E402
 from tests.integration.db import count_cdrs, create_database, drop_database  # noqa: E402
@@ -88,16 +89,6 @@ class Step:
 
 # ---------------------------------------------------------------------------------------------
 # CPU accounting from /proc
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of one process (all its threads), seconds; 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def _stat_fields(pid: str) -> tuple[str, int] | None:

@@ -70,7 +70,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import MAX_OTHER_PCT, MAX_STEAL_PCT, Window, pids_matching, wait_quiet  # noqa: E402
+from machine import (  # noqa: E402
+    MAX_OTHER_PCT,
+    MAX_STEAL_PCT,
+    Window,
+    cmdline,
+    pids_matching,
+    proc_cpu,
+    processes,
+    wait_quiet,
+)
 
 from tests.integration import dce_process  # noqa: E402
 from tests.integration.db import count_cdrs, create_database, drop_database  # noqa: E402
@@ -244,26 +253,8 @@ def invite_to_200_us(pcap: Path) -> list[float]:
 
 def _media_workers(switch_pid: int) -> list[int]:
     """The switch's media worker processes (DCE_MEDIA_WORKERS)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == switch_pid and "media.worker" in cmd:
-                pids.append(int(proc.name))
-    return pids
-
-
-def _cpu_of(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return [pid for pid, p in processes().items()
+            if p.ppid == switch_pid and "media.worker" in cmdline(pid)]
 
 
 class _WithWorkers:
@@ -273,7 +264,7 @@ class _WithWorkers:
         self.switch, self.workers = switch, workers
 
     def cpu_seconds(self) -> float:
-        return self.switch.cpu_seconds() + sum(_cpu_of(pid) for pid in self.workers)
+        return self.switch.cpu_seconds() + sum(proc_cpu(pid) for pid in self.workers)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.switch, name)

@@ -72,6 +72,16 @@ def processes() -> dict[int, Proc]:
     return out
 
 
+def proc_cpu(pid: int) -> float:
+    """utime + stime of one process (all its threads), seconds; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
