@@ -842,16 +842,19 @@ class RelayManager:
         *,
         timeout: float | None = None,
         counters: bool = False,
+        totals: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        """:meth:`totals`, :meth:`timed_out` (with ``timeout``) and :meth:`counters` (if
-        ``counters``) in one pass that reads :data:`SCAN_SLICE` sessions per loop turn, so
-        that packets are not held up behind it; ``done(result)`` at the end (within this
-        call when there are few sessions). Time-outs are judged by the loop's clock when the
-        pass reaches each call."""
-        scan = _Scan(self, loop or asyncio.get_running_loop(), timeout, counters, done)
+    ) -> _Scan | None:
+        """:meth:`totals` (unless ``totals=False``), :meth:`timed_out` (with ``timeout``) and
+        :meth:`counters` (if ``counters``) in one pass that reads :data:`SCAN_SLICE` sessions
+        per loop turn, so that packets are not held up behind it; ``done(result)`` at the end
+        (within this call when there are few sessions). Time-outs are judged by the loop's
+        clock when the pass reaches each call. The pass still under way (to cancel), or None
+        when it ended within this call."""
+        scan = _Scan(self, loop or asyncio.get_running_loop(), timeout, counters, done, totals)
         self._scans.add(scan)
         scan.step()
+        return scan if scan in self._scans else None
 
     def counters(self) -> dict[str, CallMediaStats]:
         """Every live call's counters so far (a media worker's ``Snapshot``)."""
@@ -894,9 +897,7 @@ class RelayManager:
         def sweep() -> None:
             # In slices (scan()): a pass over every call in one callback delays the packets.
             self._watchdog = None
-            self._watch_scan = _Scan(self, loop, timeout, False, swept, totals=False)
-            self._scans.add(self._watch_scan)
-            self._watch_scan.step()
+            self._watch_scan = self.scan(swept, timeout=timeout, totals=False, loop=loop)
 
         self._watchdog = loop.call_later(interval, sweep)
 
